@@ -1,0 +1,94 @@
+"""Finding snapshots and paths: manifest listing, snapshot selectors, tree look-ups."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Optional
+
+from casbak.errors import AmbiguousSnapshot, IntegrityError, PathNotFound, SnapshotNotFound, UsageError
+from casbak.manifest import Manifest
+from casbak.store.repository import Repository
+from casbak.tree import DIRECTORY, Entry, Tree
+
+log = logging.getLogger(__name__)
+
+
+def load_manifests(repository: Repository) -> list[Manifest]:
+    """Return every readable manifest, oldest first; damaged ones are logged and skipped."""
+    manifests = []
+    for snapshot_id in repository.list_snapshot_ids():
+        try:
+            manifests.append(load_manifest(repository, snapshot_id))
+        except IntegrityError as exc:
+            log.error("snapshot %s: skipped: %s", snapshot_id[:12], exc)
+    manifests.sort(key=lambda m: (m.time_ns, m.id))
+    return manifests
+
+
+def load_manifest(repository: Repository, snapshot_id: str) -> Manifest:
+    return Manifest.decode(repository.read_manifest(snapshot_id), snapshot_id)
+
+
+def resolve_snapshot(repository: Repository, selector: str) -> Manifest:
+    """Return the snapshot named by a full id, a unique id prefix, or `latest`."""
+    selector = selector.strip()
+    if not selector:
+        raise UsageError("snapshot selector is empty: give an id, an id prefix or `latest`")
+    if selector == "latest":
+        manifests = load_manifests(repository)
+        if not manifests:
+            raise SnapshotNotFound("snapshot latest: the repository has no snapshots")
+        return manifests[-1]
+    matches = [i for i in repository.list_snapshot_ids() if i.startswith(selector.lower())]
+    if not matches:
+        raise SnapshotNotFound(f"snapshot {selector}: not found; `casbak snapshots` lists the ids")
+    if len(matches) > 1:
+        shown = ", ".join(m[:12] for m in matches[:5])
+        raise AmbiguousSnapshot(f"snapshot {selector}: prefix matches {len(matches)} snapshots ({shown}); give more digits")
+    return load_manifest(repository, matches[0])
+
+
+def find_parent(repository: Repository, hostname: str, sources: list[str]) -> Optional[Manifest]:
+    """Return the newest complete snapshot of the same host and source set, if any."""
+    wanted = sorted(sources)
+    candidates = [m for m in load_manifests(repository) if m.hostname == hostname and sorted(m.sources) == wanted]
+    complete = [m for m in candidates if not m.partial]
+    chosen = complete or candidates
+    return chosen[-1] if chosen else None
+
+
+def load_tree(repository: Repository, digest: bytes) -> Tree:
+    return Tree.decode(repository.get(digest), what=f"tree {digest.hex()[:12]}")
+
+
+def split_path(path: str) -> list[bytes]:
+    """Split a snapshot path into raw name components, ignoring empty and '.' parts."""
+    raw = path.encode("utf-8", "surrogateescape") if isinstance(path, str) else path
+    parts = [p for p in raw.split(b"/") if p and p != b"."]
+    if b".." in parts:
+        raise UsageError(f"path {path!r}: '..' is not allowed in a snapshot path")
+    return parts
+
+
+def lookup_path(repository: Repository, root: bytes, path: str) -> Entry:
+    """Return the entry at `path` in the tree `root`; the root itself is a directory entry."""
+    entry = Entry(name=b"", type=DIRECTORY, subtree=root, mode=0o755)
+    walked: list[bytes] = []
+    for part in split_path(path):
+        if entry.type != DIRECTORY:
+            raise PathNotFound(f"path {path}: {b'/'.join(walked).decode(errors='replace')} is not a directory")
+        found = load_tree(repository, entry.subtree).find(part)
+        walked.append(part)
+        if found is None:
+            raise PathNotFound(f"path {path}: not found in the snapshot; `casbak ls` lists its content")
+        entry = found
+    return entry
+
+
+def walk(repository: Repository, root: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Entry]]:
+    """Yield (path, entry) for every entry below the tree `root`, depth first, sorted."""
+    for entry in load_tree(repository, root).entries:
+        path = prefix + b"/" + entry.name if prefix else entry.name
+        yield path, entry
+        if entry.type == DIRECTORY:
+            yield from walk(repository, entry.subtree, path)

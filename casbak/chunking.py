@@ -1,0 +1,109 @@
+"""Content-defined chunking with FastCDC 2020 (pyfastcdc).
+
+The chunker parameters are fixed per repository at `init` and stored in its config:
+other parameters move the cut points, so the same data would no longer deduplicate
+against older snapshots. Golden tests pin the cut points of the default parameters.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+from typing import BinaryIO, Iterator
+
+import pyfastcdc
+
+from casbak.errors import UsageError
+
+# pyfastcdc's accepted ranges (see pyfastcdc.FastCDC's docstring, version 0.3.1).
+_AVG_RANGE = (256, 4 * 1024 * 1024)
+_MIN_RANGE = (64, 1024 * 1024)
+_MAX_RANGE = (1024, 16 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    """FastCDC parameters of one repository.
+
+    pyfastcdc adds `min_size` to the requested average (cut-point skipping), so the
+    observed mean chunk size is about `avg_size + min_size`.
+    """
+
+    min_size: int = 32 * 1024
+    avg_size: int = 128 * 1024
+    max_size: int = 512 * 1024
+    normalization: int = 1
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise UsageError when pyfastcdc would reject these parameters."""
+        checks = (
+            ("avg_size", self.avg_size, _AVG_RANGE),
+            ("min_size", self.min_size, _MIN_RANGE),
+            ("max_size", self.max_size, _MAX_RANGE),
+        )
+        for name, value, (low, high) in checks:
+            if not low <= value <= high:
+                raise UsageError(f"chunker {name} {value} is out of range [{low}, {high}]")
+        if not self.min_size <= self.avg_size <= self.max_size:
+            raise UsageError(
+                f"chunker sizes must satisfy min <= avg <= max, got "
+                f"{self.min_size} / {self.avg_size} / {self.max_size}"
+            )
+        if self.normalization not in (0, 1, 2, 3):
+            raise UsageError(f"chunker normalization {self.normalization} must be 0, 1, 2 or 3")
+        # pyfastcdc shifts the seed left by one bit into a uint64, so 63 bits is the limit.
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"chunker seed {self.seed} must fit in 63 bits")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ChunkerParams":
+        params = cls(**{key: int(values[key]) for key in cls.__dataclass_fields__})
+        params.validate()
+        return params
+
+    @staticmethod
+    def random_seed() -> int:
+        """Return a random 63-bit gear-table seed.
+
+        A secret seed keeps cut points, and so chunk sizes, from revealing which known
+        files an encrypted repository contains.
+        """
+        return secrets.randbits(63)
+
+
+class Chunker:
+    """A FastCDC chunker bound to one repository's parameters.
+
+    One instance must not be used from two threads at once (pyfastcdc keeps state per
+    call, but does not promise thread safety); create one per worker.
+    """
+
+    def __init__(self, params: ChunkerParams) -> None:
+        params.validate()
+        self.params = params
+        self._cdc = pyfastcdc.FastCDC(
+            params.avg_size,
+            min_size=params.min_size,
+            max_size=params.max_size,
+            normalized_chunking=params.normalization,
+            seed=params.seed,
+        )
+
+    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
+        """Yield the content-defined chunks of `stream` as independent bytes objects.
+
+        The stream is read with readinto() in blocks, never mapped into memory, so a file
+        truncated while it is read ends the stream early instead of raising SIGBUS as an
+        mmap would. Memory use is bounded by pyfastcdc's read buffer plus one chunk.
+        """
+        for chunk in self._cdc.cut_stream(stream):
+            # The memoryview is only valid until the next chunk is cut, so copy it out.
+            yield bytes(chunk.data)
+
+    def chunk_bytes(self, data: bytes) -> list[bytes]:
+        """Return the chunks of an in-memory buffer (used for tests and small inputs)."""
+        return [bytes(chunk.data) for chunk in self._cdc.cut_buf(data)]

@@ -1,0 +1,1 @@
+"""Operations over a repository: each module has a Python API that the CLI calls."""

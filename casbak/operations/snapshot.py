@@ -1,0 +1,469 @@
+"""Create a snapshot: walk sources, chunk changed files, write trees, then the manifest.
+
+The walker runs in the calling thread. Files that must be read go to a small pool of
+reader threads, which chunk, hash and queue new chunks with the ObjectWriter (whose own
+pool compresses, encrypts and uploads). Directories are finished in post-order as soon
+as all their files are done, so at most `window` files are in flight and memory stays
+bounded whatever the size of the tree or of any file.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence, Union
+
+from casbak import __version__
+from casbak.catalog import find_parent, load_manifests, load_tree, resolve_snapshot
+from casbak.chunking import Chunker, ChunkerParams
+from casbak.errors import UsageError
+from casbak.manifest import Manifest
+from casbak.operations.progress import Progress
+from casbak.store.packs import KIND_DATA, KIND_TREE
+from casbak.store.repository import Repository
+from casbak.store.writer import ObjectWriter
+from casbak.tree import BLOCK_DEVICE, CHAR_DEVICE, DIRECTORY, FIFO, FILE, SYMLINK, Entry, Tree
+
+log = logging.getLogger(__name__)
+
+# How often a file that changes while it is read is read again before it is stored as is.
+READ_ATTEMPTS = 3
+
+
+@dataclass
+class SnapshotStats:
+    """Counters of one snapshot run; sizes in bytes."""
+
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    directories: int = 0
+    other_entries: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    data_added: int = 0
+    data_added_stored: int = 0
+    chunks_new: int = 0
+    trees_new: int = 0
+    errors: int = 0
+    warnings: int = 0
+    duration_seconds: float = 0.0
+
+
+@dataclass
+class SnapshotResult:
+    manifest: Manifest
+    stats: SnapshotStats
+    errors: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _DirNode:
+    """A directory whose tree is written once all its children are finished."""
+
+    name: bytes
+    stat: Optional[os.stat_result]
+    children: list[Union[Entry, Future, "_DirNode"]] = field(default_factory=list)
+    digest: Optional[bytes] = None
+
+    def ready(self) -> bool:
+        return all(not isinstance(c, Future) or c.done() for c in self.children)
+
+
+def create_snapshot(
+    repository: Repository,
+    sources: Sequence[str],
+    *,
+    tags: Sequence[str] = (),
+    parent: Optional[str] = None,
+    use_parent: bool = True,
+    full_read: bool = False,
+    hostname: Optional[str] = None,
+    progress: Optional[Progress] = None,
+    reader_threads: int = 2,
+) -> SnapshotResult:
+    """Snapshot `sources` (local paths) and return the written manifest with statistics.
+
+    The parent snapshot (`parent`, else the newest of the same host and sources) lets
+    files with unchanged (size, mtime_ns, inode, ctime_ns) skip reading; `full_read`
+    reads every file anyway. Unreadable entries are left out, listed in the manifest's
+    `errors`, and mark the snapshot partial.
+    """
+    started = time.monotonic()
+    hostname = hostname or socket.gethostname()
+    roots = _absolute_sources(sources)
+    source_names = [os.fsdecode(r) for r in roots]
+
+    parent_manifest = None
+    if parent:
+        parent_manifest = resolve_snapshot(repository, parent)
+    elif use_parent:
+        parent_manifest = find_parent(repository, hostname, source_names)
+    if parent_manifest:
+        log.info("using parent snapshot %s", parent_manifest.id[:12])
+
+    with repository.writer() as writer:
+        archiver = _Archiver(repository, writer, progress or Progress(), full_read, reader_threads)
+        try:
+            root = archiver.archive_sources(roots, parent_manifest.tree if parent_manifest else None)
+            writer.flush()
+        except BaseException:
+            archiver.abort()
+            _save_progress(writer)
+            raise
+        archiver.stats.data_added = writer.stats.bytes_new_raw
+        archiver.stats.data_added_stored = writer.stats.bytes_new_stored
+        archiver.stats.chunks_new = writer.stats.per_kind_new[KIND_DATA]
+        archiver.stats.trees_new = writer.stats.per_kind_new[KIND_TREE]
+
+    archiver.stats.duration_seconds = round(time.monotonic() - started, 3)
+    existing = load_manifests(repository)
+    manifest = Manifest(
+        time_ns=time.time_ns(),
+        hostname=hostname,
+        username=getpass.getuser(),
+        sources=source_names,
+        tree=root,
+        program_version=__version__,
+        tags=sorted(set(tags)),
+        parent=parent_manifest.id if parent_manifest else None,
+        previous=existing[-1].id if existing else None,
+        partial=bool(archiver.errors),
+        errors=archiver.errors,
+        stats=asdict(archiver.stats),
+    )
+    # The manifest is written last: every object it references is already indexed.
+    manifest.id = repository.write_manifest(manifest.encode())
+    log.info("snapshot %s saved (%d new files, %d bytes added)", manifest.id[:12], archiver.stats.files_new, archiver.stats.data_added)
+    return SnapshotResult(manifest, archiver.stats, archiver.errors, archiver.warnings)
+
+
+def _save_progress(writer: ObjectWriter) -> None:
+    # Index what was already uploaded, so the next run reuses it instead of uploading again.
+    try:
+        writer.flush()
+    except Exception as exc:  # the original error is the one to report
+        log.warning("could not index the packs of the interrupted snapshot: %s", exc)
+
+
+def _absolute_sources(sources: Sequence[str]) -> list[bytes]:
+    if not sources:
+        raise UsageError("no source path given: name at least one file or directory to snapshot")
+    roots = []
+    for source in sources:
+        path = os.path.abspath(os.fsencode(os.path.expanduser(source)))
+        if not os.path.lexists(path):
+            raise UsageError(f"source {source}: no such file or directory")
+        roots.append(path)
+    roots = sorted(set(roots))
+    for outer in roots:
+        for inner in roots:
+            if inner != outer and (inner.startswith(outer.rstrip(b"/") + b"/") or outer == b"/"):
+                raise UsageError(f"source {os.fsdecode(inner)} is inside source {os.fsdecode(outer)}; give only the outer one")
+    return roots
+
+
+class _Archiver:
+    """One snapshot run's walk; not reusable."""
+
+    def __init__(self, repository: Repository, writer: ObjectWriter, progress: Progress, full_read: bool, reader_threads: int) -> None:
+        self.repository = repository
+        self.writer = writer
+        self.progress = progress
+        self.full_read = full_read
+        self.stats = SnapshotStats()
+        self.errors: list[dict] = []
+        self.warnings: list[dict] = []
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=reader_threads, thread_name_prefix="casbak-read")
+        self._window: deque[Future] = deque()
+        self._max_window = 8 * reader_threads
+        self._pending: deque[_DirNode] = deque()
+
+    # Walking
+
+    def archive_sources(self, roots: list[bytes], parent_root: Optional[bytes]) -> bytes:
+        """Archive the sources under a root tree that mirrors their absolute paths."""
+        if roots == [b"/"]:
+            top = self._archive_directory(b"", b"/", os.lstat(b"/"), parent_root)
+            if top is None:
+                raise UsageError("source /: cannot be listed")
+            self._drain(block=True)
+            self._pool.shutdown(wait=True)
+            return top.digest
+        trie: dict = {}
+        for root in roots:
+            node = trie
+            parts = [p for p in root.split(b"/") if p]
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1] if parts else b""] = root
+        top = self._archive_virtual(b"", b"/", trie, parent_root)
+        self._drain(block=True)
+        self._pool.shutdown(wait=True)
+        return top.digest
+
+    def abort(self) -> None:
+        for future in self._window:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+    def _archive_virtual(self, name: bytes, path: bytes, trie: dict, parent_subtree: Optional[bytes]) -> _DirNode:
+        node = _DirNode(name, _lstat_or_none(path) if name else None)
+        parent_tree = self._parent_tree(parent_subtree)
+        for child_name in sorted(trie):
+            child = trie[child_name]
+            parent_entry = parent_tree.get(child_name)
+            if isinstance(child, dict):
+                child_path = os.path.join(path, child_name)
+                subtree = parent_entry.subtree if parent_entry and parent_entry.type == DIRECTORY else None
+                node.children.append(self._archive_virtual(child_name, child_path, child, subtree))
+            else:
+                self._add_path(node, child, os.path.basename(child) or b"/", parent_entry)
+        self._pending.append(node)
+        return node
+
+    def _archive_directory(self, name: bytes, path: bytes, st: os.stat_result, parent_subtree: Optional[bytes]) -> Optional[_DirNode]:
+        try:
+            with os.scandir(path) as scan:
+                names = sorted(item.name for item in scan)
+        except OSError as exc:
+            self._record_error(path, f"cannot list directory: {exc.strerror or exc}")
+            return None
+        node = _DirNode(name, st)
+        parent_tree = self._parent_tree(parent_subtree)
+        for child_name in names:
+            self._add_path(node, os.path.join(path, child_name), child_name, parent_tree.get(child_name))
+        self._pending.append(node)
+        self._drain(block=False)
+        return node
+
+    def _add_path(self, node: _DirNode, path: bytes, name: bytes, parent_entry: Optional[Entry]) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            self._record_error(path, f"cannot stat: {exc.strerror or exc}")
+            return
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            subtree = parent_entry.subtree if parent_entry and parent_entry.type == DIRECTORY else None
+            child = self._archive_directory(name, path, st, subtree)
+            if child is not None:
+                node.children.append(child)
+        elif stat.S_ISREG(mode):
+            node.children.append(self._file_entry(path, name, st, parent_entry))
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(path)
+            except OSError as exc:
+                self._record_error(path, f"cannot read symlink: {exc.strerror or exc}")
+                return
+            node.children.append(_metadata_entry(name, SYMLINK, st, target=target))
+            self._count_other()
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            kind = FIFO if stat.S_ISFIFO(mode) else CHAR_DEVICE if stat.S_ISCHR(mode) else BLOCK_DEVICE
+            rdev = st.st_rdev if kind != FIFO else None
+            node.children.append(_metadata_entry(name, kind, st, rdev=rdev))
+            self._count_other()
+        else:
+            self._record_warning(path, "skipped: sockets and other special files are not stored")
+
+    def _file_entry(self, path: bytes, name: bytes, st: os.stat_result, parent_entry: Optional[Entry]) -> Union[Entry, Future]:
+        if not self.full_read and self._unchanged(parent_entry, st):
+            entry = _metadata_entry(name, FILE, st)
+            entry.size, entry.chunks, entry.content = parent_entry.size, parent_entry.chunks, parent_entry.content
+            with self._lock:
+                self.stats.files_unmodified += 1
+                self.stats.bytes_total += entry.size
+            self.progress.file_done(path, entry.size, read=False)
+            return entry
+        if len(self._window) >= self._max_window:
+            self._window.popleft().result()
+            self._drain(block=False)
+        future = self._pool.submit(self._read_file, path, name, parent_entry is not None)
+        self._window.append(future)
+        while self._window and self._window[0].done():
+            self._window.popleft()
+        return future
+
+    def _unchanged(self, parent_entry: Optional[Entry], st: os.stat_result) -> bool:
+        if parent_entry is None or parent_entry.type != FILE:
+            return False
+        same = (
+            parent_entry.size == st.st_size
+            and parent_entry.mtime_ns == st.st_mtime_ns
+            and parent_entry.inode == st.st_ino
+            and parent_entry.ctime_ns == st.st_ctime_ns
+        )
+        # A chunk missing from the index (pruned since) forces a re-read.
+        return same and all(self.writer.has(c) for c in parent_entry.chunks)
+
+    def _parent_tree(self, digest: Optional[bytes]) -> dict[bytes, Entry]:
+        if digest is None:
+            return {}
+        try:
+            return {e.name: e for e in load_tree(self.repository, digest).entries}
+        except Exception as exc:  # a damaged parent only costs a full read of this directory
+            log.warning("parent tree %s unreadable, reading the directory in full: %s", digest.hex()[:12], exc)
+            return {}
+
+    # Reading files (reader threads)
+
+    def _read_file(self, path: bytes, name: bytes, existed: bool) -> Optional[Entry]:
+        try:
+            return self._read_file_stable(path, name, existed)
+        except OSError as exc:
+            self._record_error(path, f"cannot read: {exc.strerror or exc}")
+            return None
+
+    def _read_file_stable(self, path: bytes, name: bytes, existed: bool) -> Optional[Entry]:
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            fd = _open_for_reading(path)
+            with os.fdopen(fd, "rb", buffering=0) as handle:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    self._record_error(path, "cannot read: no longer a regular file")
+                    return None
+                chunks, size, content = self._chunk(handle, path)
+                after = os.fstat(fd)
+            current = _lstat_or_none(path)
+            stable = _same_version(before, after) and size == after.st_size
+            if stable and current is not None and current.st_ino == before.st_ino:
+                break
+            if attempt < READ_ATTEMPTS:
+                log.info("file %s changed while it was read; reading it again", os.fsdecode(path))
+        else:
+            self._record_warning(path, f"changed while it was read, {READ_ATTEMPTS} times; stored the last read, which may be inconsistent")
+        # Metadata from before the read: if the file changed, the next run sees a new
+        # mtime or ctime and reads it again.
+        entry = _metadata_entry(name, FILE, before)
+        entry.size, entry.chunks, entry.content = size, chunks, content
+        with self._lock:
+            if existed:
+                self.stats.files_changed += 1
+            else:
+                self.stats.files_new += 1
+            self.stats.bytes_total += size
+        self.progress.file_done(path, size, read=True)
+        return entry
+
+    def _chunk(self, handle, path: bytes) -> tuple[list[bytes], int, bytes]:
+        chunker = self._chunker()
+        hasher = self.repository.hasher
+        content = hasher.stream()
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in chunker.chunks(handle):
+            digest = hasher.digest(chunk)
+            content.update(chunk)
+            self.writer.put(KIND_DATA, chunk, digest)
+            chunks.append(digest)
+            size += len(chunk)
+            self.progress.bytes_done(len(chunk))
+        with self._lock:
+            self.stats.bytes_read += size
+        return chunks, size, content.digest()
+
+    def _chunker(self) -> Chunker:
+        chunker = getattr(self._local, "chunker", None)
+        if chunker is None:
+            params: ChunkerParams = self.repository.config.chunker
+            chunker = self._local.chunker = Chunker(params)
+        return chunker
+
+    # Finishing directories
+
+    def _drain(self, block: bool) -> None:
+        """Write the trees of finished directories, children before parents."""
+        while self._pending and (block or self._pending[0].ready()):
+            self._finish_directory(self._pending.popleft())
+
+    def _finish_directory(self, node: _DirNode) -> None:
+        entries = []
+        for child in node.children:
+            if isinstance(child, Future):
+                child = child.result()
+                if child is None:
+                    continue
+            if isinstance(child, _DirNode):
+                child = _directory_entry(child)
+            entries.append(child)
+        digest, _new = self.writer.put(KIND_TREE, Tree(entries).encode())
+        node.digest = digest
+        with self._lock:
+            self.stats.directories += 1
+
+    # Reporting
+
+    def _record_error(self, path: bytes, message: str) -> None:
+        log.error("%s: %s", os.fsdecode(path), message)
+        with self._lock:
+            self.errors.append({"path": os.fsdecode(path), "error": message})
+            self.stats.errors += 1
+        self.progress.error(path, message)
+
+    def _record_warning(self, path: bytes, message: str) -> None:
+        log.warning("%s: %s", os.fsdecode(path), message)
+        with self._lock:
+            self.warnings.append({"path": os.fsdecode(path), "warning": message})
+            self.stats.warnings += 1
+        self.progress.warning(path, message)
+
+    def _count_other(self) -> None:
+        with self._lock:
+            self.stats.other_entries += 1
+
+
+def _metadata_entry(name: bytes, kind: str, st: os.stat_result, **fields) -> Entry:
+    return Entry(
+        name=name,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
+        **fields,
+    )
+
+
+def _directory_entry(node: _DirNode) -> Entry:
+    if node.stat is None:
+        return Entry(name=node.name, type=DIRECTORY, mode=0o755, subtree=node.digest)
+    return _metadata_entry(node.name, DIRECTORY, node.stat, subtree=node.digest)
+
+
+def _same_version(before: os.stat_result, after: os.stat_result) -> bool:
+    return (
+        before.st_size == after.st_size
+        and before.st_mtime_ns == after.st_mtime_ns
+        and before.st_ctime_ns == after.st_ctime_ns
+    )
+
+
+def _lstat_or_none(path: bytes) -> Optional[os.stat_result]:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _open_for_reading(path: bytes) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        # O_NOATIME keeps backups from touching access times; only the owner or root may use it.
+        return os.open(path, flags | getattr(os, "O_NOATIME", 0))
+    except PermissionError:
+        return os.open(path, flags)
+

@@ -1,0 +1,1 @@
+"""The content-addressed object store: backends, sealed objects, packs, indexes, keys."""

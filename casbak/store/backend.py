@@ -1,0 +1,192 @@
+"""Storage backends: a flat namespace of immutable files over fsspec.
+
+Every name is relative to the repository root and uses "/" separators. Writes are
+all-or-nothing: on a local disk through a temporary file, fsync and rename (fsspec's
+local writes do neither), and on object stores through a single PUT, which is atomic.
+Listings bypass fsspec's directory cache, because gc and crash recovery must see the
+store as it is now.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Any, Optional, Protocol
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from casbak.errors import ObjectNotFound, UsageError
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What the repository needs from a storage location."""
+
+    url: str
+
+    def write(self, name: str, data: bytes) -> None: ...
+
+    def read(self, name: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes: ...
+
+    def list(self, prefix: str) -> list[str]: ...
+
+    def size(self, name: str) -> int: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def delete(self, name: str) -> None: ...
+
+
+class LocalBackend:
+    """A repository in a local directory, written with durable atomic renames."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.url = self.root
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, *name.split("/"))
+
+    def write(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        temporary = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            written = 0
+            view = memoryview(data)
+            while written < len(view):
+                written += os.write(fd, view[written:])
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _remove_quietly(temporary)
+            raise
+        os.close(fd)
+        try:
+            os.replace(temporary, path)
+        except BaseException:
+            _remove_quietly(temporary)
+            raise
+        _fsync_directory(directory)
+
+    def read(self, name: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+        try:
+            with open(self._path(name), "rb") as handle:
+                if start:
+                    handle.seek(start)
+                if end is None:
+                    return handle.read()
+                return handle.read(end - (start or 0))
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"file {name}: not found in repository {self.url}") from exc
+
+    def list(self, prefix: str) -> list[str]:
+        top = self._path(prefix)
+        names: list[str] = []
+        for directory, _subdirs, files in os.walk(top):
+            for filename in files:
+                if filename.startswith(".tmp-"):
+                    continue
+                full = os.path.join(directory, filename)
+                names.append(os.path.relpath(full, self.root).replace(os.sep, "/"))
+        names.sort()
+        return names
+
+    def size(self, name: str) -> int:
+        try:
+            return os.stat(self._path(name)).st_size
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"file {name}: not found in repository {self.url}") from exc
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self._path(name))
+
+    def delete(self, name: str) -> None:
+        try:
+            os.unlink(self._path(name))
+        except FileNotFoundError:
+            pass
+
+
+class FsspecBackend:
+    """A repository on any fsspec filesystem (memory://, s3://, gs://, ...)."""
+
+    def __init__(self, url: str, options: Optional[dict[str, Any]] = None) -> None:
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+        self.root = root.rstrip("/")
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def write(self, name: str, data: bytes) -> None:
+        # One PUT of the whole object: object stores never expose half of it.
+        self.fs.pipe_file(self._path(name), bytes(data))
+
+    def read(self, name: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+        try:
+            return self.fs.cat_file(self._path(name), start=start, end=end)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"file {name}: not found in repository {self.url}") from exc
+
+    def list(self, prefix: str) -> list[str]:
+        top = self._path(prefix)
+        self.fs.invalidate_cache(top)
+        try:
+            found = self.fs.find(top)
+        except FileNotFoundError:
+            return []
+        start = len(self.root) + 1
+        return sorted(path[start:] for path in found)
+
+    def size(self, name: str) -> int:
+        self.fs.invalidate_cache(self._path(name))
+        try:
+            return int(self.fs.size(self._path(name)))
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"file {name}: not found in repository {self.url}") from exc
+
+    def exists(self, name: str) -> bool:
+        self.fs.invalidate_cache(self._path(name))
+        return bool(self.fs.exists(self._path(name)))
+
+    def delete(self, name: str) -> None:
+        try:
+            self.fs.rm_file(self._path(name))
+        except FileNotFoundError:
+            pass
+
+
+def open_backend(url: str, options: Optional[dict[str, Any]] = None) -> Backend:
+    """Return the backend for a repository URL or local path."""
+    if not url:
+        raise UsageError("repository location is empty: pass --repo or set CASBAK_REPOSITORY")
+    protocol, _ = fsspec.core.split_protocol(url)
+    if protocol in (None, "file", "local"):
+        path = url.split("://", 1)[1] if protocol else url
+        return LocalBackend(path)
+    backend = FsspecBackend(url, options)
+    if isinstance(backend.fs, LocalFileSystem):
+        return LocalBackend(backend.root)
+    return backend
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_directory(directory: str) -> None:
+    # The rename is durable only once the directory entry itself reaches the disk.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

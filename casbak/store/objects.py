@@ -1,0 +1,107 @@
+"""Sealed objects: the header, compression and encryption of every stored byte string.
+
+Layout of a sealed object (all of: chunks, trees, pack headers, index files, manifests,
+the repository config):
+
+    byte 0   format version (1)
+    byte 1   codec: 0 = stored raw, 1 = zstd frame
+    byte 2   cipher: 0 = none, 1 = AES-256-GCM
+    rest     cipher 0: the (compressed) payload
+             cipher 1: 12-byte nonce, ciphertext, 16-byte tag; the 3 header bytes are
+             the associated data, so flipping a header byte fails authentication.
+
+Compression is skipped when it does not make the payload smaller.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import zstandard
+
+from casbak.crypto import Cipher
+from casbak.errors import CorruptObject, UnsupportedFormat
+
+OBJECT_VERSION = 1
+HEADER_SIZE = 3
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+
+CIPHER_NONE = 0
+CIPHER_AES256GCM = 1
+
+# Upper bound for objects whose plaintext size is not known in advance (index files,
+# manifests, trees); it stops a forged zstd frame from claiming gigabytes of output.
+MAX_PLAINTEXT = 1 << 30
+
+_local = threading.local()
+
+
+class Sealer:
+    """Seals and opens objects for one repository (compression level, optional cipher).
+
+    Thread-safe: zstd contexts are kept per thread, and AESGCM is stateless.
+    """
+
+    def __init__(self, cipher: Optional[Cipher], level: int = 3) -> None:
+        self.cipher = cipher
+        self.level = level
+        self.cipher_id = CIPHER_AES256GCM if cipher else CIPHER_NONE
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        compressors = getattr(_local, "compressors", None)
+        if compressors is None:
+            compressors = _local.compressors = {}
+        compressor = compressors.get(self.level)
+        if compressor is None:
+            compressor = compressors[self.level] = zstandard.ZstdCompressor(level=self.level)
+        return compressor
+
+    def seal(self, plaintext: bytes, compress: bool = True) -> bytes:
+        codec, payload = CODEC_RAW, plaintext
+        if compress and len(plaintext) > 64:
+            packed = self._compressor().compress(plaintext)
+            if len(packed) < len(plaintext):
+                codec, payload = CODEC_ZSTD, packed
+        header = bytes((OBJECT_VERSION, codec, self.cipher_id))
+        if self.cipher is None:
+            return header + payload
+        return header + self.cipher.encrypt(payload, header)
+
+    def open(self, sealed: bytes, expected_size: Optional[int] = None, what: str = "object") -> bytes:
+        """Return the plaintext of a sealed object; raise CorruptObject on any damage."""
+        if len(sealed) < HEADER_SIZE:
+            raise CorruptObject(f"{what}: {len(sealed)} bytes is shorter than the object header")
+        version, codec, cipher_id = sealed[0], sealed[1], sealed[2]
+        if version != OBJECT_VERSION:
+            raise UnsupportedFormat(f"{what}: object format version {version} is not supported")
+        if cipher_id != self.cipher_id:
+            raise CorruptObject(
+                f"{what}: cipher {cipher_id} does not match the repository's cipher {self.cipher_id}"
+            )
+        header = bytes(sealed[:HEADER_SIZE])
+        body = bytes(sealed[HEADER_SIZE:])
+        if self.cipher is not None:
+            try:
+                body = self.cipher.decrypt(body, header)
+            except CorruptObject as exc:
+                raise CorruptObject(f"{what}: {exc}") from exc
+        if codec == CODEC_RAW:
+            plaintext = body
+        elif codec == CODEC_ZSTD:
+            plaintext = _decompress(body, expected_size, what)
+        else:
+            raise CorruptObject(f"{what}: unknown codec {codec}")
+        if expected_size is not None and len(plaintext) != expected_size:
+            raise CorruptObject(f"{what}: plaintext is {len(plaintext)} bytes, index says {expected_size}")
+        return plaintext
+
+
+def _decompress(body: bytes, expected_size: Optional[int], what: str) -> bytes:
+    limit = expected_size if expected_size is not None else MAX_PLAINTEXT
+    try:
+        return zstandard.ZstdDecompressor().decompress(body, max_output_size=limit)
+    except zstandard.ZstdError as exc:
+        raise CorruptObject(f"{what}: zstd frame is invalid ({exc})") from exc

@@ -1,0 +1,102 @@
+"""Pack files: many sealed objects of one kind in one stored file.
+
+Layout:
+
+    sealed object 0 | sealed object 1 | ... | sealed pack header | u32 LE header length
+
+The pack header is a sealed msgpack map {"version": 1, "type": "data" | "tree",
+"objects": [[digest, offset, length, raw_length], ...]}, where offset and length locate
+the sealed object in the pack and raw_length is its plaintext size. The header lets an
+index be rebuilt from the packs alone. A pack is named by the unkeyed BLAKE3-256 of its
+whole content, so its integrity can be checked without any key.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import blake3
+import msgpack
+
+from casbak.errors import CorruptObject
+from casbak.store.objects import Sealer
+
+PACK_VERSION = 1
+KIND_DATA = "data"
+KIND_TREE = "tree"
+KINDS = (KIND_DATA, KIND_TREE)
+TRAILER = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """Where one object lies in a pack."""
+
+    digest: bytes
+    offset: int
+    length: int
+    raw_length: int
+
+
+@dataclass
+class PackBuilder:
+    """Accumulates sealed objects of one kind until the pack is large enough to upload."""
+
+    kind: str
+    buffer: bytearray = field(default_factory=bytearray)
+    entries: list[PackEntry] = field(default_factory=list)
+
+    def add(self, digest: bytes, sealed: bytes, raw_length: int) -> None:
+        self.entries.append(PackEntry(digest, len(self.buffer), len(sealed), raw_length))
+        self.buffer += sealed
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def finish(self, sealer: Sealer) -> tuple[str, bytes]:
+        """Append the header and trailer; return (pack id, pack bytes)."""
+        header = {
+            "version": PACK_VERSION,
+            "type": self.kind,
+            "objects": [[e.digest, e.offset, e.length, e.raw_length] for e in self.entries],
+        }
+        sealed_header = sealer.seal(msgpack.packb(header))
+        self.buffer += sealed_header
+        self.buffer += TRAILER.pack(len(sealed_header))
+        data = bytes(self.buffer)
+        return blake3.blake3(data).hexdigest(), data
+
+
+def pack_path(kind: str, pack_id: str) -> str:
+    """Return the store name of a pack; chunk and tree packs live under separate prefixes."""
+    return f"{kind}/{pack_id[:2]}/{pack_id}"
+
+
+def parse_pack_header(pack_id: str, tail: bytes, pack_size: int, sealer: Sealer) -> tuple[str, list[PackEntry]]:
+    """Parse the header from the last bytes of a pack (tail must include the trailer).
+
+    Returns (kind, entries) and raises CorruptObject when the header is damaged or
+    points outside the pack.
+    """
+    what = f"pack {pack_id[:12]}"
+    if len(tail) < TRAILER.size:
+        raise CorruptObject(f"{what}: too short for a header trailer")
+    (header_length,) = TRAILER.unpack(tail[-TRAILER.size :])
+    if header_length + TRAILER.size > min(len(tail), pack_size):
+        raise CorruptObject(f"{what}: header length {header_length} exceeds the pack")
+    sealed = tail[-TRAILER.size - header_length : -TRAILER.size]
+    plain = sealer.open(sealed, what=f"{what} header")
+    try:
+        header = msgpack.unpackb(plain)
+        kind = header["type"]
+        entries = [PackEntry(bytes(d), int(o), int(n), int(r)) for d, o, n, r in header["objects"]]
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise CorruptObject(f"{what}: header cannot be parsed ({exc})") from exc
+    if header.get("version") != PACK_VERSION or kind not in KINDS:
+        raise CorruptObject(f"{what}: header has version {header.get('version')!r} type {kind!r}")
+    limit = pack_size - TRAILER.size - header_length
+    for entry in entries:
+        if entry.offset < 0 or entry.length < 0 or entry.offset + entry.length > limit:
+            raise CorruptObject(f"{what}: object {entry.digest.hex()[:12]} lies outside the pack")
+    return kind, entries

@@ -1,0 +1,208 @@
+"""Concurrent object writer: deduplicates, seals, packs and uploads objects.
+
+The write order is the commit protocol of the repository: a pack is uploaded first,
+then an index file that names it, and a caller writes a manifest only after flush()
+returned. A crash at any point therefore leaves packs that no index names (garbage,
+which gc removes) or indexed packs that no manifest uses yet (which the next run
+reuses), and never a manifest that references missing data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+from casbak.store.index import PackInfo, encode_index
+from casbak.store.packs import KIND_DATA, KIND_TREE, PackBuilder, pack_path
+
+if TYPE_CHECKING:
+    from casbak.store.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WriteStats:
+    """Counters of one writer; all sizes in bytes."""
+
+    objects_new: int = 0
+    objects_known: int = 0
+    bytes_new_raw: int = 0
+    bytes_new_stored: int = 0
+    packs_written: int = 0
+    index_files_written: int = 0
+    bytes_uploaded: int = 0
+    per_kind_new: dict[str, int] = field(default_factory=lambda: {KIND_DATA: 0, KIND_TREE: 0})
+
+
+class ObjectWriter:
+    """Adds objects to a repository; safe to call put() from several threads.
+
+    put() deduplicates at once and hands compression and encryption to a pool of
+    `seal_workers` threads (zstd and AES-GCM release the GIL), so the caller can go on
+    chunking. Finished packs go to `upload_workers` threads. Both queues are bounded,
+    so memory stays near (seal queue x chunk size) + (upload slots x pack size).
+    Every `index_every` packs are named by one index file, so a run killed midway
+    leaves at most that many uploaded packs that the next run cannot reuse.
+    """
+
+    def __init__(
+        self,
+        repository: "Repository",
+        seal_workers: Optional[int] = None,
+        upload_workers: int = 2,
+        index_every: int = 4,
+    ) -> None:
+        self.repository = repository
+        self.stats = WriteStats()
+        self._index_every = index_every
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._builders = {KIND_DATA: PackBuilder(KIND_DATA), KIND_TREE: PackBuilder(KIND_TREE)}
+        self._pending: set[bytes] = set()
+        self._unindexed: list[PackInfo] = []
+        self._error: Optional[BaseException] = None
+        seal_workers = seal_workers or max(2, os.cpu_count() or 2)
+        self._seal_slots = threading.BoundedSemaphore(4 * seal_workers)
+        self._seal_pool = ThreadPoolExecutor(max_workers=seal_workers, thread_name_prefix="casbak-seal")
+        # Each upload slot is one finished pack held in memory until its upload ends.
+        self._upload_slots = threading.BoundedSemaphore(upload_workers + 1)
+        self._upload_pool = ThreadPoolExecutor(max_workers=upload_workers, thread_name_prefix="casbak-upload")
+
+    def has(self, digest: bytes) -> bool:
+        """Return True when the object is stored or already queued by this writer."""
+        return digest in self.repository.index or digest in self._pending
+
+    def put(self, kind: str, plaintext: bytes, digest: Optional[bytes] = None) -> tuple[bytes, bool]:
+        """Queue one object unless the repository has it; return (digest, newly queued).
+
+        The object is durable only after flush() returns.
+        """
+        self._raise_pending_error()
+        if digest is None:
+            digest = self.repository.hasher.digest(plaintext)
+        with self._lock:
+            if digest in self.repository.index or digest in self._pending:
+                self.stats.objects_known += 1
+                return digest, False
+            self._pending.add(digest)
+            self._in_flight += 1
+        self._seal_slots.acquire()
+        try:
+            self._seal_pool.submit(self._seal_and_add, kind, digest, plaintext)
+        except BaseException:
+            self._seal_slots.release()
+            self._finish_task()
+            raise
+        return digest, True
+
+    def flush(self) -> None:
+        """Upload every open pack, wait for all uploads, and write the index of the rest.
+
+        When flush() returns without an exception, every object put so far is stored
+        and indexed.
+        """
+        with self._idle:
+            while self._in_flight:
+                self._idle.wait()
+            builders = [b for b in self._builders.values() if b.entries]
+            self._builders = {KIND_DATA: PackBuilder(KIND_DATA), KIND_TREE: PackBuilder(KIND_TREE)}
+        self._raise_pending_error()
+        for builder in builders:
+            self._submit_upload(builder)
+        with self._idle:
+            while self._in_flight:
+                self._idle.wait()
+        self._raise_pending_error()
+        self._write_index(force=True)
+
+    def close(self) -> None:
+        self._seal_pool.shutdown(wait=True)
+        self._upload_pool.shutdown(wait=True)
+
+    def __enter__(self) -> "ObjectWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _seal_and_add(self, kind: str, digest: bytes, plaintext: bytes) -> None:
+        try:
+            sealed = self.repository.sealer.seal(plaintext)
+            full: Optional[PackBuilder] = None
+            with self._lock:
+                builder = self._builders[kind]
+                builder.add(digest, sealed, len(plaintext))
+                self.stats.objects_new += 1
+                self.stats.bytes_new_raw += len(plaintext)
+                self.stats.bytes_new_stored += len(sealed)
+                self.stats.per_kind_new[kind] += 1
+                if len(builder) >= self.repository.config.pack_size:
+                    full = builder
+                    self._builders[kind] = PackBuilder(kind)
+            if full is not None:
+                self._submit_upload(full)
+        except BaseException as exc:
+            log.error("sealing object %s failed: %s", digest.hex()[:12], exc)
+            self._error = exc
+        finally:
+            self._seal_slots.release()
+            self._finish_task()
+
+    def _submit_upload(self, builder: PackBuilder) -> None:
+        self._upload_slots.acquire()
+        with self._lock:
+            self._in_flight += 1
+        try:
+            self._upload_pool.submit(self._upload, builder)
+        except BaseException:
+            self._upload_slots.release()
+            self._finish_task()
+            raise
+
+    def _upload(self, builder: PackBuilder) -> None:
+        try:
+            pack_id, data = builder.finish(self.repository.sealer)
+            self.repository.backend.write(pack_path(builder.kind, pack_id), data)
+            info = PackInfo(pack_id, builder.kind, len(data), tuple(builder.entries))
+            log.debug("uploaded %s pack %s (%d objects, %d bytes)", builder.kind, pack_id[:12], len(info.entries), len(data))
+            self.repository.index.add_pack(info)
+            with self._lock:
+                for entry in builder.entries:
+                    self._pending.discard(entry.digest)
+                self._unindexed.append(info)
+                self.stats.packs_written += 1
+                self.stats.bytes_uploaded += len(data)
+            self._write_index(force=False)
+        except BaseException as exc:
+            log.error("upload of a %s pack failed: %s", builder.kind, exc)
+            self._error = exc
+        finally:
+            self._upload_slots.release()
+            self._finish_task()
+
+    def _finish_task(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.notify_all()
+
+    def _write_index(self, force: bool) -> None:
+        with self._lock:
+            if not self._unindexed or (not force and len(self._unindexed) < self._index_every):
+                return
+            packs, self._unindexed = self._unindexed, []
+        index_id, sealed = encode_index(packs, self.repository.sealer)
+        self.repository.backend.write(f"index/{index_id}", sealed)
+        with self._lock:
+            self.stats.index_files_written += 1
+        log.debug("wrote index %s naming %d packs", index_id[:12], len(packs))
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            raise self._error
