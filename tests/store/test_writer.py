@@ -1,0 +1,144 @@
+"""ObjectWriter tests: dedup, pack splitting, index files, reopen, upload failures."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from casbak.store.backend import LocalBackend
+from casbak.store.packs import KIND_DATA, KIND_TREE
+from casbak.store.repository import Repository
+from tests.conftest import FAST_KDF, PASSWORD, SMALL_PACK, small_config
+
+
+def random_chunks(count: int, size: int, seed: int = 5) -> list[bytes]:
+    generator = random.Random(seed)
+    return [generator.randbytes(size) for _ in range(count)]
+
+
+def test_put_deduplicates_within_run(repository):
+    chunk = b"the same chunk" * 100
+
+    with repository.writer() as writer:
+        first = writer.put(KIND_DATA, chunk)
+        second = writer.put(KIND_DATA, chunk)
+        writer.flush()
+
+    assert first[1] is True
+    assert second == (first[0], False)
+    assert writer.stats.objects_new == 1
+    assert writer.stats.objects_known == 1
+    assert writer.stats.bytes_new_raw == len(chunk)
+
+
+def test_flushed_objects_survive_reopen(repository, repo_path):
+    chunks = random_chunks(40, 5000)
+
+    with repository.writer() as writer:
+        digests = [writer.put(KIND_DATA, chunk)[0] for chunk in chunks]
+        tree_digest = writer.put(KIND_TREE, b"tree bytes")[0]
+        writer.flush()
+
+    reopened = Repository.open(str(repo_path), PASSWORD)
+    assert list(reopened.iter_objects(digests)) == chunks
+    assert reopened.get(tree_digest) == b"tree bytes"
+    assert len(reopened.backend.list("tree")) == 1
+
+
+def test_packs_split_at_pack_size(repository):
+    chunks = random_chunks(60, 8000)
+
+    with repository.writer() as writer:
+        for chunk in chunks:
+            writer.put(KIND_DATA, chunk)
+        writer.flush()
+
+    packs = repository.backend.list("data")
+    total = sum(len(c) for c in chunks)
+    assert len(packs) == writer.stats.packs_written
+    assert len(packs) >= total // SMALL_PACK
+    # A pack is closed as soon as it reaches the size, so no pack is much larger.
+    assert all(repository.backend.size(p) < SMALL_PACK + 16_000 for p in packs)
+    assert writer.stats.bytes_uploaded == sum(repository.backend.size(p) for p in packs)
+
+
+def test_index_written_every_few_packs(repository):
+    chunks = random_chunks(100, 8000)
+
+    with repository.writer(index_every=2) as writer:
+        for chunk in chunks:
+            writer.put(KIND_DATA, chunk)
+        writer.flush()
+
+    packs = writer.stats.packs_written
+    assert packs >= 8
+    assert writer.stats.index_files_written >= packs // 2
+    assert len(repository.backend.list("index")) == writer.stats.index_files_written
+
+
+def test_known_objects_not_rewritten(repository, repo_path):
+    chunks = random_chunks(20, 6000)
+    with repository.writer() as writer:
+        for chunk in chunks:
+            writer.put(KIND_DATA, chunk)
+        writer.flush()
+    files_before = repository.backend.list("")
+
+    reopened = Repository.open(str(repo_path), PASSWORD)
+    with reopened.writer() as writer:
+        for chunk in chunks:
+            writer.put(KIND_DATA, chunk)
+        writer.flush()
+
+    assert writer.stats.objects_new == 0
+    assert writer.stats.objects_known == len(chunks)
+    assert reopened.backend.list("") == files_before
+
+
+def test_concurrent_puts(repository):
+    chunks = random_chunks(50, 3000)
+
+    with repository.writer() as writer:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            # Every chunk is put twice from different threads.
+            results = list(pool.map(lambda c: writer.put(KIND_DATA, c), chunks + chunks))
+        writer.flush()
+
+    assert sum(1 for _digest, new in results if new) == len(chunks)
+    assert list(repository.iter_objects([d for d, _ in results])) == chunks + chunks
+
+
+def test_empty_flush_writes_nothing(repository):
+    before = repository.backend.list("")
+
+    with repository.writer() as writer:
+        writer.flush()
+
+    assert repository.backend.list("") == before
+
+
+class FullDiskBackend(LocalBackend):
+    """A local backend whose pack writes fail as on a full disk."""
+
+    def write(self, name: str, data: bytes) -> None:
+        if name.startswith("data/"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+        super().write(name, data)
+
+
+def test_upload_failure_raised_by_flush(repo_path):
+    Repository.init(str(repo_path), PASSWORD, config=small_config(), kdf=FAST_KDF)
+    repository = Repository.open(FullDiskBackend(str(repo_path)), PASSWORD)
+
+    with repository.writer() as writer:
+        writer.put(KIND_DATA, b"a chunk that cannot be stored")
+        with pytest.raises(OSError) as caught:
+            writer.flush()
+
+    assert caught.value.errno == errno.ENOSPC
+    assert repository.backend.list("index") == []
+    assert repository.backend.list("data") == []
