@@ -42,6 +42,10 @@ class WrongPassword(CasbakError):
     """No key file of the repository opens with the given password."""
 
 
+class KeyFilesMissing(CasbakError):
+    """An encrypted repository has no key file left under `keys/`."""
+
+
 class PasswordMissing(CasbakError):
     """The repository is encrypted and no password source was given."""
 

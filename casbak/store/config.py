@@ -1,8 +1,8 @@
 """The repository config: format version, id, chunker, compression and pack settings.
 
-Stored as the sealed object `config` (encrypted with the master key in an encrypted
-repository, so the chunker seed stays secret). It is written once by `init` and never
-changed afterwards.
+Stored as the sealed object `config` in the role "config" (encrypted with the master
+key in an encrypted repository, so the chunker seed stays secret). It is written once
+by `init` and never changed afterwards.
 """
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ import msgpack
 
 from casbak.chunking import ChunkerParams
 from casbak.errors import CorruptObject, UnsupportedFormat
+from casbak.store.objects import CIPHER_NONE, HEADER_SIZE, ROLE_CONFIG, Sealer
 
 REPOSITORY_VERSION = 1
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 ENCRYPTION_AES = "aes-256-gcm"
 ENCRYPTION_NONE = "none"
+ENCRYPTIONS = (ENCRYPTION_AES, ENCRYPTION_NONE)
+CHUNKER_ALGORITHM = "fastcdc-2020"
+COMPRESSION_CODEC = "zstd"
+HASH_KEYED = "blake3-keyed"
+HASH_PLAIN = "blake3"
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,9 @@ class RepositoryConfig:
                 "id": self.repository_id,
                 "created": self.created,
                 "encryption": self.encryption,
-                "hash": "blake3-keyed" if self.encryption != ENCRYPTION_NONE else "blake3",
-                "chunker": {"algorithm": "fastcdc-2020", **self.chunker.to_dict()},
-                "compression": {"codec": "zstd", "level": self.compression_level},
+                "hash": HASH_KEYED if self.encryption != ENCRYPTION_NONE else HASH_PLAIN,
+                "chunker": {"algorithm": CHUNKER_ALGORITHM, **self.chunker.to_dict()},
+                "compression": {"codec": COMPRESSION_CODEC, "level": self.compression_level},
                 "pack_size": self.pack_size,
             }
         )
@@ -62,8 +68,10 @@ class RepositoryConfig:
             )
         try:
             chunker = dict(body["chunker"])
-            if chunker.pop("algorithm") != "fastcdc-2020":
-                raise CorruptObject("config: unknown chunker algorithm")
+            algorithm = chunker.pop("algorithm")
+            if algorithm != CHUNKER_ALGORITHM:
+                raise UnsupportedFormat(f"config: unknown chunker algorithm {algorithm!r}; upgrade casbak")
+            _check_encryption_fields(body)
             return cls(
                 repository_id=str(body["id"]),
                 version=version,
@@ -75,3 +83,40 @@ class RepositoryConfig:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"config: missing or invalid field ({exc})") from exc
+
+
+def _check_encryption_fields(body: dict) -> None:
+    encryption = body["encryption"]
+    if encryption not in ENCRYPTIONS:
+        raise UnsupportedFormat(f"config: unknown encryption {encryption!r}; upgrade casbak")
+    expected_hash = HASH_PLAIN if encryption == ENCRYPTION_NONE else HASH_KEYED
+    if body["hash"] != expected_hash:
+        raise CorruptObject(f"config: hash {body['hash']!r} does not match encryption {encryption!r}")
+    if body["compression"]["codec"] != COMPRESSION_CODEC:
+        raise UnsupportedFormat(f"config: unknown compression codec {body['compression']['codec']!r}")
+
+
+def seal_config(config: RepositoryConfig, sealer: Sealer) -> bytes:
+    """Return the stored bytes of the `config` file."""
+    return sealer.seal(config.encode(), role=ROLE_CONFIG)
+
+
+def open_config(sealed: bytes, sealer: Sealer) -> RepositoryConfig:
+    """Decode the `config` file and check that its encryption matches the sealer's cipher.
+
+    The check stops a config that names the other mode (for example "none" sealed in
+    an encrypted repository) from switching how new data is written.
+    """
+    config = RepositoryConfig.decode(sealer.open(sealed, what="config", role=ROLE_CONFIG))
+    expected = ENCRYPTION_NONE if sealer.cipher is None else ENCRYPTION_AES
+    if config.encryption != expected:
+        raise CorruptObject(
+            f"config: says encryption {config.encryption!r}, but it is stored with cipher {sealer.cipher_id}; "
+            "the config was altered"
+        )
+    return config
+
+
+def config_is_encrypted(sealed: bytes) -> bool:
+    """Return whether the stored `config` bytes carry a cipher other than none."""
+    return len(sealed) >= HEADER_SIZE and sealed[2] != CIPHER_NONE

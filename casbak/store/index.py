@@ -20,7 +20,7 @@ import blake3
 import msgpack
 
 from casbak.errors import CorruptObject
-from casbak.store.objects import Sealer
+from casbak.store.objects import ROLE_INDEX, Sealer
 from casbak.store.packs import KINDS, PackEntry
 
 INDEX_VERSION = 1
@@ -107,7 +107,7 @@ def encode_index(packs: Iterable[PackInfo], sealer: Sealer) -> tuple[str, bytes]
             for pack in packs
         ],
     }
-    sealed = sealer.seal(msgpack.packb(body))
+    sealed = sealer.seal(msgpack.packb(body), role=ROLE_INDEX)
     return blake3.blake3(sealed).hexdigest(), sealed
 
 
@@ -116,7 +116,7 @@ def decode_index(index_id: str, sealed: bytes, sealer: Sealer) -> list[PackInfo]
     what = f"index {index_id[:12]}"
     if blake3.blake3(sealed).hexdigest() != index_id:
         raise CorruptObject(f"{what}: content does not match its name")
-    plain = sealer.open(sealed, what=what)
+    plain = sealer.open(sealed, what=what, role=ROLE_INDEX)
     try:
         body = msgpack.unpackb(plain)
         if body["version"] != INDEX_VERSION:

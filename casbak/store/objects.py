@@ -7,8 +7,16 @@ the repository config):
     byte 1   codec: 0 = stored raw, 1 = zstd frame
     byte 2   cipher: 0 = none, 1 = AES-256-GCM
     rest     cipher 0: the (compressed) payload
-             cipher 1: 12-byte nonce, ciphertext, 16-byte tag; the 3 header bytes are
-             the associated data, so flipping a header byte fails authentication.
+             cipher 1: 12-byte nonce, ciphertext, 16-byte tag
+
+With cipher 1 the associated data is the 3 header bytes followed by the ASCII role of
+the object. Flipping a header byte fails authentication, and so does opening a config,
+index file or pack header in any role other than its own. That stops an attacker who
+can write to the store from installing a sealed chunk with crafted plaintext in the
+place of one of these files, whose names are fixed or unkeyed hashes the attacker can
+compute. Chunks, trees and manifests use the empty role: every read checks them
+against their keyed digest, which only the key holder can compute. docs/format.md is
+the full specification.
 
 Compression is skipped when it does not make the payload smaller.
 """
@@ -31,6 +39,14 @@ CODEC_ZSTD = 1
 
 CIPHER_NONE = 0
 CIPHER_AES256GCM = 1
+
+# Roles: appended to the header to form the AES-GCM associated data.
+# NOTE: forget records are sealed with the empty role, so a sealed chunk copied under
+# forgotten/ passes authentication, and only the record parser can reject it.
+ROLE_OBJECT = b""
+ROLE_CONFIG = b"config"
+ROLE_INDEX = b"index"
+ROLE_PACK_HEADER = b"pack-header"
 
 # Upper bound for objects whose plaintext size is not known in advance (index files,
 # manifests, trees); it stops a forged zstd frame from claiming gigabytes of output.
@@ -59,7 +75,7 @@ class Sealer:
             compressor = compressors[self.level] = zstandard.ZstdCompressor(level=self.level)
         return compressor
 
-    def seal(self, plaintext: bytes, compress: bool = True) -> bytes:
+    def seal(self, plaintext: bytes, compress: bool = True, role: bytes = ROLE_OBJECT) -> bytes:
         codec, payload = CODEC_RAW, plaintext
         if compress and len(plaintext) > 64:
             packed = self._compressor().compress(plaintext)
@@ -68,9 +84,11 @@ class Sealer:
         header = bytes((OBJECT_VERSION, codec, self.cipher_id))
         if self.cipher is None:
             return header + payload
-        return header + self.cipher.encrypt(payload, header)
+        return header + self.cipher.encrypt(payload, header + role)
 
-    def open(self, sealed: bytes, expected_size: Optional[int] = None, what: str = "object") -> bytes:
+    def open(
+        self, sealed: bytes, expected_size: Optional[int] = None, what: str = "object", role: bytes = ROLE_OBJECT
+    ) -> bytes:
         """Return the plaintext of a sealed object; raise CorruptObject on any damage."""
         if len(sealed) < HEADER_SIZE:
             raise CorruptObject(f"{what}: {len(sealed)} bytes is shorter than the object header")
@@ -85,7 +103,7 @@ class Sealer:
         body = bytes(sealed[HEADER_SIZE:])
         if self.cipher is not None:
             try:
-                body = self.cipher.decrypt(body, header)
+                body = self.cipher.decrypt(body, header + role)
             except CorruptObject as exc:
                 raise CorruptObject(f"{what}: {exc}") from exc
         if codec == CODEC_RAW:

@@ -20,7 +20,7 @@ import blake3
 import msgpack
 
 from casbak.errors import CorruptObject
-from casbak.store.objects import Sealer
+from casbak.store.objects import ROLE_PACK_HEADER, Sealer
 
 PACK_VERSION = 1
 KIND_DATA = "data"
@@ -61,7 +61,7 @@ class PackBuilder:
             "type": self.kind,
             "objects": [[e.digest, e.offset, e.length, e.raw_length] for e in self.entries],
         }
-        sealed_header = sealer.seal(msgpack.packb(header))
+        sealed_header = sealer.seal(msgpack.packb(header), role=ROLE_PACK_HEADER)
         self.buffer += sealed_header
         self.buffer += TRAILER.pack(len(sealed_header))
         data = bytes(self.buffer)
@@ -86,7 +86,7 @@ def parse_pack_header(pack_id: str, tail: bytes, pack_size: int, sealer: Sealer)
     if header_length + TRAILER.size > min(len(tail), pack_size):
         raise CorruptObject(f"{what}: header length {header_length} exceeds the pack")
     sealed = tail[-TRAILER.size - header_length : -TRAILER.size]
-    plain = sealer.open(sealed, what=f"{what} header")
+    plain = sealer.open(sealed, what=f"{what} header", role=ROLE_PACK_HEADER)
     try:
         header = msgpack.unpackb(plain)
         kind = header["type"]

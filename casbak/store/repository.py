@@ -26,9 +26,9 @@ from casbak.errors import (
     RepositoryNotFound,
 )
 from casbak.store.backend import Backend, open_backend
-from casbak.store.config import ENCRYPTION_AES, ENCRYPTION_NONE, RepositoryConfig
+from casbak.store.config import ENCRYPTION_AES, ENCRYPTION_NONE, RepositoryConfig, open_config, seal_config
 from casbak.store.index import Index, Location, decode_index
-from casbak.store.keys import list_key_ids, unlock, write_key
+from casbak.store.keys import check_keyless_store, list_key_ids, unlock, write_key
 from casbak.store.objects import Sealer
 from casbak.store.packs import pack_path
 from casbak.store.writer import ObjectWriter
@@ -93,7 +93,7 @@ class Repository:
         else:
             raise CorruptObject(f"config: unknown encryption {config.encryption!r}")
         # The config comes last: until it exists, the location is not a repository.
-        backend.write(CONFIG_NAME, repository.sealer.seal(config.encode()))
+        backend.write(CONFIG_NAME, seal_config(config, repository.sealer))
         log.info("initialized repository %s (id %s)", backend.url, config.repository_id[:12])
         return repository
 
@@ -113,10 +113,8 @@ class Repository:
             ) from exc
         key_ids = list_key_ids(backend)
         if not key_ids:
-            sealer = Sealer(None)
-            config = RepositoryConfig.decode(sealer.open(sealed_config, what="config"))
-            if config.encryption != ENCRYPTION_NONE:
-                raise CorruptObject("config: says the repository is encrypted, but no key files exist")
+            check_keyless_store(backend, sealed_config)
+            config = open_config(sealed_config, Sealer(None))
             return cls(backend, config, Sealer(None, config.compression_level), Hasher(None))
         if sealed_config[2:3] == b"\x00":
             # An attacker who replaced the config with a plaintext one must not make us
@@ -128,8 +126,7 @@ class Repository:
                 "--password-file or --password-command"
             )
         key_id, master_keys = unlock(backend, password)
-        sealer = Sealer(Cipher(master_keys.encryption_key))
-        config = RepositoryConfig.decode(sealer.open(sealed_config, what="config"))
+        config = open_config(sealed_config, Sealer(Cipher(master_keys.encryption_key)))
         return cls._with_keys(backend, config, master_keys, key_id)
 
     @classmethod
