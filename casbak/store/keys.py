@@ -3,7 +3,7 @@
 A key file `keys/<random id>` is an unsealed msgpack map with the scrypt parameters,
 salt, and the AES-256-GCM-wrapped master keys, plus informational host, user and
 creation time. Any one key file opens the repository. The informational fields are not
-authenticated: `key list` shows what the file says, which anyone with write access to
+authenticated: `key list` shows what the file contains, which anyone with write access to
 the store could change.
 """
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 KEY_VERSION = 1
 KEYS_PREFIX = "keys"
-# Key files are about 250 bytes; anything far larger is not a key file.
+# Key files are about 260 bytes; anything far larger is not a key file.
 MAX_KEY_FILE_SIZE = 64 * 1024
 KEY_FIELDS = ("version", "created", "host", "user", "kdf", "n", "r", "p", "salt", "data")
 
@@ -124,12 +124,13 @@ def unlock(backend: Backend, password: bytes) -> tuple[str, MasterKeys]:
     skipped = f" ({len(damaged)} damaged key files were skipped: {'; '.join(damaged)})" if damaged else ""
     raise WrongPassword(
         f"wrong password: none of the {len(key_ids) - len(damaged)} key files of this repository opens with it"
-        f"{skipped}; check CASBAK_PASSWORD, --password-file or --password-command"
+        f"{skipped}; check CASBAK_PASSWORD, --password-file or --password-command "
+        "(a key file altered in storage fails the same way)"
     )
 
 
 def check_keyless_store(backend: Backend, sealed_config: bytes) -> None:
-    """Raise KeyFilesMissing when a repository without key files holds encrypted data.
+    """Raise KeyFilesMissing when a repository without key files contains encrypted data.
 
     This catches both lost key files and a downgrade where someone replaced the
     config of an encrypted repository with an unencrypted one: opening it as
