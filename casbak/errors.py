@@ -76,5 +76,9 @@ class CorruptObject(IntegrityError):
     """An object, pack header, index file or manifest failed authentication or parsing."""
 
 
+class StorageError(CasbakError):
+    """A storage request failed for good: access denied, invalid request, or retries exhausted."""
+
+
 class RestoreError(CasbakError):
     """Restoring could not write an entry into the target directory."""

@@ -11,7 +11,9 @@ from casbak.chunking import ChunkerParams
 from casbak.cli.output import format_size
 from casbak.crypto import KdfParams
 from casbak.errors import UsageError
+from casbak.store.backend import open_backend
 from casbak.store.config import DEFAULT_PACK_SIZE, ENCRYPTION_AES, ENCRYPTION_NONE, RepositoryConfig
+from casbak.store.objectlock import ObjectLock, check_bucket_object_lock
 from casbak.store.repository import Repository
 
 
@@ -26,6 +28,13 @@ def init(
     pack_size: int = typer.Option(DEFAULT_PACK_SIZE // (1024 * 1024), help="Target pack size in MiB."),
     compression_level: int = typer.Option(3, help="zstd compression level, 1 (fast) to 19 (small)."),
     kdf_n: int = typer.Option(2**15, hidden=True, help="scrypt cost N of the first key (a power of two)."),
+    object_lock_days: int = typer.Option(
+        0, help="S3 Object Lock: keep each new pack, index file and snapshot undeletable for this many days "
+        "(0 = off; the bucket must have Object Lock enabled).",
+    ),
+    object_lock_mode: str = typer.Option(
+        "governance", help="S3 Object Lock mode: governance (removable with a bypass permission) or compliance.",
+    ),
 ) -> None:
     """Create a new repository (encrypted unless --insecure-no-encryption)."""
     state = ctx.obj
@@ -46,9 +55,15 @@ def init(
         chunker=chunker,
         compression_level=compression_level,
         pack_size=pack_size * 1024 * 1024,
+        object_lock_days=object_lock_days,
+        object_lock_mode=object_lock_mode,
     )
+    backend = open_backend(location, state.options)
+    if object_lock_days:
+        ObjectLock(object_lock_days, object_lock_mode)  # validates both values
+        check_bucket_object_lock(backend)
     password = None if insecure_no_encryption else state.password(required=True)
-    repository = Repository.init(location, password, config=config, kdf=KdfParams(n=kdf_n), options=state.options)
+    repository = Repository.init(backend, password, config=config, kdf=KdfParams(n=kdf_n))
     if state.json:
         state.emit_json({"repository": repository.backend.url, "id": config.repository_id, "encryption": encryption})
     elif not state.quiet:

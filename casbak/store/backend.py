@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from casbak.errors import ObjectNotFound, UsageError
+from casbak.store.objectlock import ObjectLock
+from casbak.store.retry import DEFAULT_POLICY, RetryPolicy, call_with_retry
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Backend(Protocol):
@@ -114,52 +118,77 @@ class LocalBackend:
 
 
 class FsspecBackend:
-    """A repository on any fsspec filesystem (memory://, s3://, gs://, ...)."""
+    """A repository on any fsspec filesystem (memory://, s3://, gs://, ...).
 
-    def __init__(self, url: str, options: Optional[dict[str, Any]] = None) -> None:
+    Every request goes through call_with_retry, so throttling and transient network
+    errors are retried with backoff while access and request errors fail at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        options: Optional[dict[str, Any]] = None,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
         self.url = url
         self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         self.root = root.rstrip("/")
+        self.retry_policy = retry_policy
+        # Set by the repository when its config asks for S3 Object Lock retention.
+        self.object_lock: Optional[ObjectLock] = None
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}"
 
+    def _retry(self, operation: str, name: str, function: Callable[[], T]) -> T:
+        return call_with_retry(function, operation, name, self.url, self.retry_policy)
+
     def write(self, name: str, data: bytes) -> None:
-        # One PUT of the whole object: object stores never expose half of it.
-        self.fs.pipe_file(self._path(name), bytes(data))
+        # One PUT of the whole object: object stores never expose half of it. s3fs
+        # switches to a multipart upload above 100 MiB, which S3 also makes visible
+        # only when the upload completes.
+        arguments = self.object_lock.put_arguments(name) if self.object_lock else {}
+        payload = bytes(data)
+        self._retry("write", name, lambda: self.fs.pipe_file(self._path(name), payload, **arguments))
 
     def read(self, name: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
         try:
-            return self.fs.cat_file(self._path(name), start=start, end=end)
+            return self._retry("read", name, lambda: self.fs.cat_file(self._path(name), start=start, end=end))
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"file {name}: not found in repository {self.url}") from exc
 
     def list(self, prefix: str) -> list[str]:
         top = self._path(prefix)
+        start = len(self.root) + 1
+        return sorted(path[start:] for path in self._retry("list", prefix, lambda: self._find(top)))
+
+    def _find(self, top: str) -> list[str]:
         self.fs.invalidate_cache(top)
         try:
-            found = self.fs.find(top)
+            return list(self.fs.find(top))
         except FileNotFoundError:
             return []
-        start = len(self.root) + 1
-        return sorted(path[start:] for path in found)
 
     def size(self, name: str) -> int:
-        self.fs.invalidate_cache(self._path(name))
+        path = self._path(name)
         try:
-            return int(self.fs.size(self._path(name)))
+            return int(self._retry("size", name, lambda: self._uncached(path, self.fs.size)))
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"file {name}: not found in repository {self.url}") from exc
 
     def exists(self, name: str) -> bool:
-        self.fs.invalidate_cache(self._path(name))
-        return bool(self.fs.exists(self._path(name)))
+        path = self._path(name)
+        return bool(self._retry("exists", name, lambda: self._uncached(path, self.fs.exists)))
 
     def delete(self, name: str) -> None:
         try:
-            self.fs.rm_file(self._path(name))
+            self._retry("delete", name, lambda: self.fs.rm_file(self._path(name)))
         except FileNotFoundError:
             pass
+
+    def _uncached(self, path: str, function: Callable[[str], T]) -> T:
+        self.fs.invalidate_cache(path)
+        return function(path)
 
 
 def open_backend(url: str, options: Optional[dict[str, Any]] = None) -> Backend:

@@ -39,6 +39,9 @@ class RepositoryConfig:
     compression_level: int = 3
     pack_size: int = DEFAULT_PACK_SIZE
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
+    # S3 Object Lock retention of new packs, index files and manifests; 0 days is off.
+    object_lock_days: int = 0
+    object_lock_mode: str = "governance"
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -51,6 +54,9 @@ class RepositoryConfig:
                 "chunker": {"algorithm": CHUNKER_ALGORITHM, **self.chunker.to_dict()},
                 "compression": {"codec": COMPRESSION_CODEC, "level": self.compression_level},
                 "pack_size": self.pack_size,
+                # Written only when set, so configs without Object Lock keep their old bytes.
+                **({"object_lock": {"days": self.object_lock_days, "mode": self.object_lock_mode}}
+                   if self.object_lock_days else {}),
             }
         )
 
@@ -80,6 +86,8 @@ class RepositoryConfig:
                 compression_level=int(body["compression"]["level"]),
                 pack_size=int(body["pack_size"]),
                 created=str(body["created"]),
+                object_lock_days=int(body.get("object_lock", {}).get("days", 0)),
+                object_lock_mode=str(body.get("object_lock", {}).get("mode", "governance")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"config: missing or invalid field ({exc})") from exc

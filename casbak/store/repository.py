@@ -26,9 +26,11 @@ from casbak.errors import (
     RepositoryNotFound,
 )
 from casbak.store.backend import Backend, open_backend
+from casbak.store.cache import attach_cache, prune_cache, read_metadata
 from casbak.store.config import ENCRYPTION_AES, ENCRYPTION_NONE, RepositoryConfig, open_config, seal_config
 from casbak.store.index import Index, Location, decode_index
 from casbak.store.keys import check_keyless_store, list_key_ids, unlock, write_key
+from casbak.store.objectlock import apply_object_lock
 from casbak.store.objects import Sealer
 from casbak.store.packs import pack_path
 from casbak.store.writer import ObjectWriter
@@ -51,7 +53,10 @@ class Repository:
         master_keys: Optional[MasterKeys] = None,
         key_id: Optional[str] = None,
     ) -> None:
-        self.backend = backend
+        # Remote repositories read index files, tree packs and manifests through a
+        # local cache; packs, index files and manifests get the config's retention.
+        self.backend = attach_cache(backend, config.repository_id)
+        apply_object_lock(self.backend, config.object_lock_days, config.object_lock_mode)
         self.config = config
         self.sealer = sealer
         self.hasher = hasher
@@ -146,6 +151,7 @@ class Repository:
         """Read every index file. Damaged ones are logged and skipped unless `strict`."""
         index = Index()
         names = self.backend.list("index")
+        prune_cache(self.backend, "index", names)
         with ThreadPoolExecutor(max_workers=8) as pool:
             blobs = pool.map(self._read_quietly, names)
             for name, blob in zip(names, blobs):
@@ -164,7 +170,7 @@ class Repository:
 
     def _read_quietly(self, name: str) -> Union[bytes, BaseException]:
         try:
-            return self.backend.read(name)
+            return read_metadata(self.backend, name)
         except IntegrityError as exc:
             return exc
 
@@ -178,7 +184,8 @@ class Repository:
         location = self.index.lookup(digest)
         if location is None:
             raise ObjectNotFound(f"object {digest.hex()[:12]}: not in any index")
-        sealed = self.backend.read(
+        sealed = read_metadata(
+            self.backend,
             pack_path(location.kind, location.pack_id), location.offset, location.offset + location.length
         )
         return self._open_object(digest, location, sealed)
@@ -209,7 +216,7 @@ class Repository:
             ):
                 stop += locations[end].length
                 end += 1
-            blob = self.backend.read(pack_path(first.kind, first.pack_id), first.offset, stop)
+            blob = read_metadata(self.backend, pack_path(first.kind, first.pack_id), first.offset, stop)
             for number in range(position, end):
                 location = locations[number]
                 start = location.offset - first.offset
@@ -237,10 +244,12 @@ class Repository:
 
     def read_manifest(self, snapshot_id: str) -> bytes:
         what = f"snapshot {snapshot_id[:12]}"
-        plaintext = self.sealer.open(self.backend.read(f"{SNAPSHOTS_PREFIX}/{snapshot_id}"), what=what)
+        plaintext = self.sealer.open(read_metadata(self.backend, f"{SNAPSHOTS_PREFIX}/{snapshot_id}"), what=what)
         if self.hasher.digest(plaintext).hex() != snapshot_id:
             raise CorruptObject(f"{what}: manifest content does not match its id")
         return plaintext
 
     def list_snapshot_ids(self) -> list[str]:
-        return [name.split("/", 1)[1] for name in self.backend.list(SNAPSHOTS_PREFIX)]
+        names = self.backend.list(SNAPSHOTS_PREFIX)
+        prune_cache(self.backend, SNAPSHOTS_PREFIX, names)
+        return [name.split("/", 1)[1] for name in names]

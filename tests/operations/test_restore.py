@@ -1,0 +1,336 @@
+"""Restore tests: property-based round trips and safety against hostile trees and targets."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from casbak.catalog import load_manifest
+from casbak.errors import CorruptObject, PathNotFound, RestoreError
+from casbak.manifest import Manifest
+from casbak.operations.restore import restore_snapshot
+from casbak.operations.snapshot import create_snapshot
+from casbak.store.packs import KIND_DATA, KIND_TREE
+from casbak.store.repository import Repository
+from casbak.tree import DIRECTORY, FILE, SYMLINK, TREE_VERSION, Entry, Tree
+from tests.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKER, make_tree, read_tree, small_config
+
+# Hypothesis builds trees from these pieces. Names are raw bytes: Linux allows any
+# byte except "/" and NUL, and ML data sets do contain names that are not UTF-8.
+SPECIAL_NAMES = [b"\xff\xfe.jsonl", b"caf\xc3\xa9.txt", b"-rf", b" space ", b".hidden", b"a" * 200]
+FILE_MODES = [0o600, 0o644, 0o755, 0o400, 0o4755]
+DIRECTORY_MODES = [0o755, 0o700, 0o500]
+MTIMES_NS = st.integers(min_value=0, max_value=4_000_000_000 * 10**9)
+
+names = st.one_of(
+    st.sampled_from(SPECIAL_NAMES),
+    st.binary(min_size=1, max_size=16).filter(lambda n: b"/" not in n and b"\x00" not in n and n not in (b".", b"..")),
+)
+# Sizes up to 5x the maximum chunk, so files cross several chunk boundaries.
+contents = st.one_of(
+    st.just(b""),
+    st.binary(max_size=64),
+    st.builds(lambda seed, size: random.Random(seed).randbytes(size), st.integers(0, 2**32), st.integers(0, 5 * SMALL_CHUNKER.max_size)),
+)
+files = st.tuples(st.just("file"), contents, st.sampled_from(FILE_MODES), MTIMES_NS)
+symlinks = st.tuples(st.just("symlink"), st.sampled_from([b"missing/target", b"/nonexistent/abs", b"..", b"\xff\xfe.jsonl"]), MTIMES_NS)
+trees = st.recursive(
+    st.dictionaries(names, st.one_of(files, symlinks), max_size=4),
+    lambda children: st.dictionaries(
+        names,
+        st.one_of(files, symlinks, st.tuples(st.just("dir"), children, st.sampled_from(DIRECTORY_MODES), MTIMES_NS)),
+        max_size=4,
+    ),
+    max_leaves=12,
+)
+
+
+def build(root: bytes, spec: dict) -> None:
+    """Create `spec` below the existing directory `root`, setting modes and times."""
+    for name, value in spec.items():
+        path = os.path.join(root, name)
+        kind = value[0]
+        if kind == "file":
+            _kind, data, mode, mtime = value
+            with open(path, "wb") as handle:
+                handle.write(data)
+            os.chmod(path, mode)
+            os.utime(path, ns=(mtime, mtime))
+        elif kind == "symlink":
+            _kind, target, mtime = value
+            os.symlink(target, path)
+            os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+        else:
+            _kind, children, mode, mtime = value
+            os.mkdir(path)
+            build(path, children)
+            os.chmod(path, mode)
+            os.utime(path, ns=(mtime, mtime))
+
+
+def describe(root: bytes) -> dict:
+    """Map every relative path below `root` to its type, mode, mtime and content."""
+    found = {}
+    for directory, subdirs, filenames in os.walk(root):
+        for name in subdirs + filenames:
+            path = os.path.join(directory, name)
+            relative = os.path.relpath(path, root)
+            st_ = os.lstat(path)
+            if stat.S_ISLNK(st_.st_mode):
+                found[relative] = ("symlink", os.readlink(path), st_.st_mtime_ns)
+            elif stat.S_ISDIR(st_.st_mode):
+                found[relative] = ("dir", stat.S_IMODE(st_.st_mode), st_.st_mtime_ns)
+            else:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                found[relative] = ("file", stat.S_IMODE(st_.st_mode), st_.st_mtime_ns, data)
+    return found
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec=trees, encrypted=st.booleans())
+def test_round_trip_random_trees(spec, encrypted):
+    with tempfile.TemporaryDirectory() as work:
+        work_bytes = os.fsencode(work)
+        source = os.path.join(work_bytes, b"source")
+        os.mkdir(source)
+        build(source, spec)
+        expected = describe(source)
+        password = PASSWORD if encrypted else None
+        repository = Repository.init(os.path.join(work, "repo"), password, config=small_config(encrypted), kdf=FAST_KDF)
+        target = os.path.join(work_bytes, b"target")
+
+        result = create_snapshot(repository, [os.fsdecode(source)])
+        restore_snapshot(repository, result.manifest, os.fsdecode(target), os.fsdecode(source))
+
+        assert result.manifest.partial is False
+        assert describe(target) == expected
+
+
+def test_round_trip_after_reopen(repository, repo_path, tmp_path):
+    source = tmp_path / "source"
+    spec = {"a.jsonl": random.Random(3).randbytes(70_000), "d": {"e": {"f.txt": b"deep"}}, "l": ("symlink", "d/e")}
+    make_tree(source, spec)
+    snapshot_id = create_snapshot(repository, [str(source)]).manifest.id
+
+    reopened = Repository.open(str(repo_path), PASSWORD)
+    restore_snapshot(reopened, load_manifest(reopened, snapshot_id), str(tmp_path / "target"), str(source))
+
+    assert read_tree(tmp_path / "target") == spec
+
+
+def test_restore_whole_snapshot_mirrors_absolute_paths(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"x.txt": b"x"})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    target = tmp_path / "target"
+
+    restore_snapshot(repository, manifest, str(target))
+
+    assert (target / str(source).lstrip("/") / "x.txt").read_bytes() == b"x"
+
+
+def test_restore_single_file_path(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"d": {"model.safetensors": b"weights" * 1000}})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+
+    restore_snapshot(repository, manifest, str(tmp_path / "out"), f"{source}/d/model.safetensors")
+
+    assert os.listdir(tmp_path / "out") == ["model.safetensors"]
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"weights" * 1000
+
+
+def test_restore_unknown_path_fails(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"a": b"1"})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+
+    with pytest.raises(PathNotFound):
+        restore_snapshot(repository, manifest, str(tmp_path / "out"), f"{source}/missing")
+
+
+# Hostile trees written through the API
+
+
+def store_manifest(repository: Repository, tree_digest: bytes) -> Manifest:
+    manifest = Manifest(
+        time_ns=time.time_ns(), hostname=socket.gethostname(), username="test", sources=["/crafted"],
+        tree=tree_digest, program_version="test",
+    )
+    manifest.id = repository.write_manifest(manifest.encode())
+    return manifest
+
+
+def store_raw_tree(repository: Repository, entries: list[dict], chunk: bytes = b"payload") -> bytes:
+    """Store a tree from raw wire entries, bypassing Tree.encode's checks."""
+    with repository.writer() as writer:
+        writer.put(KIND_DATA, chunk)
+        digest, _new = writer.put(KIND_TREE, msgpack.packb({"version": TREE_VERSION, "entries": entries}))
+        writer.flush()
+    return digest
+
+
+def file_wire(repository: Repository, name: bytes, chunk: bytes = b"payload") -> dict:
+    digest = repository.hasher.digest(chunk)
+    return Entry(name=name, type=FILE, mode=0o644, size=len(chunk), chunks=[digest], content=digest).to_wire()
+
+
+@pytest.mark.parametrize("bad_name", [b"..", b".", b"a/b", b"../escape", b"/abs", b"", b"nul\x00"])
+def test_restore_rejects_bad_names(repository, tmp_path, bad_name):
+    digest = store_raw_tree(repository, [file_wire(repository, bad_name)])
+    manifest = store_manifest(repository, digest)
+    target = tmp_path / "nest" / "target"
+
+    with pytest.raises(CorruptObject):
+        restore_snapshot(repository, manifest, str(target))
+
+    assert sorted(os.listdir(tmp_path)) == ["nest", "repo"]
+    assert os.listdir(tmp_path / "nest") == ["target"]
+    assert os.listdir(target) == []
+
+
+def test_restore_rejects_duplicate_symlink_and_dir(repository, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    inner = store_raw_tree(repository, [file_wire(repository, b"victim")])
+    entries = [
+        Entry(name=b"d", type=SYMLINK, target=os.fsencode(outside)).to_wire(),
+        Entry(name=b"d", type=DIRECTORY, mode=0o755, subtree=inner).to_wire(),
+    ]
+    manifest = store_manifest(repository, store_raw_tree(repository, entries))
+
+    with pytest.raises(CorruptObject):
+        restore_snapshot(repository, manifest, str(tmp_path / "target"))
+
+    assert os.listdir(outside) == []
+
+
+def test_restore_rejects_unsorted_entries(repository, tmp_path):
+    entries = [file_wire(repository, b"b"), file_wire(repository, b"a")]
+    manifest = store_manifest(repository, store_raw_tree(repository, entries))
+
+    with pytest.raises(CorruptObject):
+        restore_snapshot(repository, manifest, str(tmp_path / "target"))
+
+
+def test_symlink_then_directory_across_restores(repository, tmp_path):
+    # The first restore leaves `d` as a symlink to a directory outside the target.
+    # Restoring a snapshot where `d` is a directory must replace the link, not follow it.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link_tree = Tree([Entry(name=b"d", type=SYMLINK, target=os.fsencode(outside))])
+    inner = store_raw_tree(repository, [file_wire(repository, b"victim")])
+    dir_tree = Tree([Entry(name=b"d", type=DIRECTORY, mode=0o755, subtree=inner)])
+    with repository.writer() as writer:
+        link_digest = writer.put(KIND_TREE, link_tree.encode())[0]
+        dir_digest = writer.put(KIND_TREE, dir_tree.encode())[0]
+        writer.flush()
+    target = tmp_path / "target"
+
+    restore_snapshot(repository, store_manifest(repository, link_digest), str(target))
+    assert (target / "d").is_symlink()
+    restore_snapshot(repository, store_manifest(repository, dir_digest), str(target))
+
+    assert os.listdir(outside) == []
+    assert not (target / "d").is_symlink()
+    assert (target / "d" / "victim").read_bytes() == b"payload"
+
+
+def test_existing_symlink_replaced_not_followed(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"train.jsonl": b'{"prompt": "new"}\n'})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    victim = tmp_path / "victim.jsonl"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(victim, target / "train.jsonl")
+
+    restore_snapshot(repository, manifest, str(target), str(source))
+
+    assert victim.read_bytes() == b"precious"
+    assert not (target / "train.jsonl").is_symlink()
+    assert (target / "train.jsonl").read_bytes() == b'{"prompt": "new"}\n'
+
+
+def test_existing_hard_link_not_written_through(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"train.jsonl": b"restored content"})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    victim = tmp_path / "victim.jsonl"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "target"
+    target.mkdir()
+    os.link(victim, target / "train.jsonl")
+
+    restore_snapshot(repository, manifest, str(target), str(source))
+
+    assert victim.read_bytes() == b"precious"
+    assert os.stat(victim).st_nlink == 1
+    assert (target / "train.jsonl").read_bytes() == b"restored content"
+
+
+def test_existing_directory_symlink_in_target_not_followed(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"configs": {"dpo.yaml": b"beta: 0.1\n"}})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(outside, target / "configs")
+
+    restore_snapshot(repository, manifest, str(target), str(source))
+
+    assert os.listdir(outside) == []
+    assert (target / "configs" / "dpo.yaml").read_bytes() == b"beta: 0.1\n"
+
+
+def test_directory_in_way_of_file_fails(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"a": b"file"})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    target = tmp_path / "target"
+    (target / "a").mkdir(parents=True)
+
+    with pytest.raises(RestoreError):
+        restore_snapshot(repository, manifest, str(target), str(source))
+
+
+def test_tampered_chunk_detected(repository, tmp_path):
+    # A file entry whose content hash does not match its chunks must fail the restore.
+    chunk = b"real chunk"
+    digest = repository.hasher.digest(chunk)
+    wrong = Entry(name=b"f", type=FILE, mode=0o644, size=len(chunk), chunks=[digest], content=b"\x00" * 32)
+    manifest = store_manifest(repository, store_raw_tree(repository, [wrong.to_wire()], chunk))
+
+    with pytest.raises(CorruptObject):
+        restore_snapshot(repository, manifest, str(tmp_path / "target"))
+
+
+def test_restore_over_previous_restore(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"a.txt": b"version one, which is longer", "d": {"b.txt": b"b"}})
+    first = create_snapshot(repository, [str(source)]).manifest
+    (source / "a.txt").write_bytes(b"version two")
+    (source / "d" / "b.txt").unlink()
+    (source / "d" / "b.txt").symlink_to("../a.txt")
+    second = create_snapshot(repository, [str(source)]).manifest
+    target = tmp_path / "target"
+    restore_snapshot(repository, first, str(target), str(source))
+
+    restore_snapshot(repository, second, str(target), str(source))
+
+    assert (target / "a.txt").read_bytes() == b"version two"
+    assert os.readlink(target / "d" / "b.txt") == "../a.txt"

@@ -1,0 +1,172 @@
+"""One conformance suite for every storage backend: local, memory://, S3 (moto), GCS (emulator)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import fsspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from casbak.errors import ObjectNotFound
+from casbak.store.backend import FsspecBackend, LocalBackend, open_backend
+from tests.servers import counting_proxy, gcs_server, moto_server  # noqa: F401 - fixtures
+
+KINDS = ["local", "memory", "s3", "gcs"]
+
+
+def _fresh_url_and_options(kind, request, tmp_path):
+    if kind == "local":
+        return str(tmp_path / "store"), {}
+    if kind == "memory":
+        return f"memory://casbak-conformance-{uuid.uuid4().hex}", {}
+    if kind == "s3":
+        server = request.getfixturevalue("moto_server")
+        return f"s3://{server.new_bucket()}/repo", {"endpoint_url": server.endpoint}
+    server = request.getfixturevalue("gcs_server")
+    return f"gs://{server.new_bucket()}/repo", server.options()
+
+
+@pytest.fixture(params=KINDS)
+def store(request, tmp_path):
+    """(backend, url, options) of an empty store of each kind."""
+    url, options = _fresh_url_and_options(request.param, request, tmp_path)
+    return open_backend(url, options), url, options
+
+
+def _second_client(url, options):
+    """Open the same store through a separate filesystem object with its own caches."""
+    if "://" not in url:
+        return LocalBackend(url)
+    backend = FsspecBackend(url, {**options, "skip_instance_cache": True})
+    return backend
+
+
+def test_open_backend_picks_class(store):
+    backend, url, _options = store
+    expected = LocalBackend if "://" not in url else FsspecBackend
+    assert isinstance(backend, expected)
+
+
+def test_write_then_read_whole(store):
+    backend, _url, _options = store
+    payload = os.urandom(70_000)
+
+    backend.write("data/ab/object", payload)
+
+    assert backend.read("data/ab/object") == payload
+
+
+def test_range_reads(store):
+    backend, _url, _options = store
+    payload = bytes(range(256)) * 40
+    backend.write("tree/01/pack", payload)
+
+    assert backend.read("tree/01/pack", 0, 10) == payload[:10]
+    assert backend.read("tree/01/pack", 100, 356) == payload[100:356]
+    assert backend.read("tree/01/pack", len(payload) - 8, len(payload)) == payload[-8:]
+    assert backend.read("tree/01/pack", 5000) == payload[5000:]
+
+
+def test_size_and_exists(store):
+    backend, _url, _options = store
+    backend.write("index/one", b"x" * 1234)
+
+    assert backend.size("index/one") == 1234
+    assert backend.exists("index/one")
+    assert not backend.exists("index/two")
+
+
+def test_missing_file_raises_not_found(store):
+    backend, _url, _options = store
+
+    with pytest.raises(ObjectNotFound):
+        backend.read("snapshots/missing")
+    with pytest.raises(ObjectNotFound):
+        backend.size("snapshots/missing")
+
+
+def test_list_is_recursive_sorted_and_relative(store):
+    backend, _url, _options = store
+    for name in ("data/bb/2", "data/aa/1", "index/9", "snapshots/s"):
+        backend.write(name, name.encode())
+
+    assert backend.list("data") == ["data/aa/1", "data/bb/2"]
+    assert backend.list("index") == ["index/9"]
+    assert backend.list("keys") == []
+
+
+def test_delete_removes_and_tolerates_missing(store):
+    backend, _url, _options = store
+    backend.write("data/aa/1", b"one")
+
+    backend.delete("data/aa/1")
+    backend.delete("data/aa/1")
+
+    assert not backend.exists("data/aa/1")
+    assert backend.list("data") == []
+
+
+def test_overwrite_of_same_content_is_harmless(store):
+    backend, _url, _options = store
+    payload = os.urandom(5000)
+    backend.write("data/cc/same", payload)
+
+    backend.write("data/cc/same", payload)
+
+    assert backend.read("data/cc/same") == payload
+    assert backend.list("data") == ["data/cc/same"]
+
+
+def test_listing_sees_changes_made_by_another_client(store):
+    backend, url, options = store
+    backend.write("index/first", b"1")
+    assert backend.list("index") == ["index/first"]
+    assert backend.exists("index/first")
+    other = _second_client(url, options)
+
+    other.write("index/second", b"2")
+    other.delete("index/first")
+
+    assert backend.list("index") == ["index/second"]
+    assert not backend.exists("index/first")
+    assert backend.exists("index/second")
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(min_size=1, max_size=3000), data=st.data())
+def test_range_read_matches_slice(store, payload, data):
+    backend, _url, _options = store
+    start = data.draw(st.integers(0, len(payload) - 1))
+    end = data.draw(st.integers(start + 1, len(payload)))
+    backend.write("data/dd/range", payload)
+
+    assert backend.read("data/dd/range", start, end) == payload[start:end]
+
+
+def test_s3_options_reach_s3fs(moto_server):
+    url = f"s3://{moto_server.new_bucket()}/repo"
+    options = {"endpoint_url": moto_server.endpoint, "client_kwargs": {"region_name": "us-east-1"}}
+
+    backend = open_backend(url, options)
+    backend.write("config", b"c")
+
+    assert isinstance(backend, FsspecBackend)
+    assert backend.fs.client_kwargs == {"region_name": "us-east-1"}
+    assert backend.read("config") == b"c"
+
+
+def test_s3_large_write_uses_multipart_and_completes(moto_server, counting_proxy):
+    url = f"s3://{moto_server.new_bucket()}/repo"
+    backend = open_backend(url, {"endpoint_url": counting_proxy.endpoint, "skip_instance_cache": True})
+    # s3fs switches to a multipart upload at twice its 50 MiB part size.
+    payload = os.urandom(101 * 1024 * 1024)
+
+    backend.write("data/ee/big", payload)
+
+    assert counting_proxy.log.count("POST", "/data/ee/big") == 2  # create and complete
+    assert backend.size("data/ee/big") == len(payload)
+    assert backend.read("data/ee/big", 60 * 1024 * 1024, 60 * 1024 * 1024 + 16) == payload[60 * 1024 * 1024 :][:16]
+    assert fsspec.filesystem("s3", endpoint_url=moto_server.endpoint).exists(f"{url}/data/ee/big")
