@@ -101,7 +101,7 @@ def create_snapshot(
     started = time.monotonic()
     hostname = hostname or socket.gethostname()
     roots = _absolute_sources(sources)
-    source_names = [os.fsdecode(r) for r in roots]
+    source_names = [_path_text(r) for r in roots]
 
     parent_manifest = None
     if parent:
@@ -408,14 +408,14 @@ class _Archiver:
     def _record_error(self, path: bytes, message: str) -> None:
         log.error("%s: %s", os.fsdecode(path), message)
         with self._lock:
-            self.errors.append({"path": os.fsdecode(path), "error": message})
+            self.errors.append({"path": _path_text(path), "error": message})
             self.stats.errors += 1
         self.progress.error(path, message)
 
     def _record_warning(self, path: bytes, message: str) -> None:
         log.warning("%s: %s", os.fsdecode(path), message)
         with self._lock:
-            self.warnings.append({"path": os.fsdecode(path), "warning": message})
+            self.warnings.append({"path": _path_text(path), "warning": message})
             self.stats.warnings += 1
         self.progress.warning(path, message)
 
@@ -450,6 +450,15 @@ def _same_version(before: os.stat_result, after: os.stat_result) -> bool:
         and before.st_mtime_ns == after.st_mtime_ns
         and before.st_ctime_ns == after.st_ctime_ns
     )
+
+
+def _path_text(path: bytes) -> str:
+    """Return a path as manifest text; bytes that are not UTF-8 become backslash escapes.
+
+    os.fsdecode would keep them as lone surrogates, which msgpack cannot encode, so a
+    snapshot with such a source or error path could not be saved.
+    """
+    return path.decode("utf-8", "backslashreplace")
 
 
 def _lstat_or_none(path: bytes) -> Optional[os.stat_result]:

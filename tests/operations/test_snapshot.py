@@ -300,6 +300,41 @@ def test_file_deleted_before_read_recorded(repository, tmp_path):
     assert sorted(os.listdir(target)) == ["a-slow.bin", "c-unchanged.txt"]
 
 
+def test_non_utf8_source_name_saved(repository, tmp_path):
+    source = os.path.join(os.fsencode(tmp_path), b"prefs-\xff\xfe")
+    os.mkdir(source)
+    with open(os.path.join(source, b"rows.jsonl"), "wb") as handle:
+        handle.write(b'{"a": 1}\n')
+
+    result = create_snapshot(repository, [os.fsdecode(source)])
+    again = create_snapshot(repository, [os.fsdecode(source)])
+
+    stored = load_manifest(repository, result.manifest.id)
+    assert stored.sources == result.manifest.sources
+    assert again.manifest.parent == result.manifest.id
+    assert again.stats.files_unmodified == 1
+    target = tmp_path / "target"
+    restore_snapshot(repository, stored, str(target), os.fsdecode(source))
+    assert (target / "rows.jsonl").read_bytes() == b'{"a": 1}\n'
+
+
+def test_vanished_non_utf8_file_recorded(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"c-unchanged.txt": b"kept"})
+    create_snapshot(repository, [str(source)])
+    victim = os.path.join(os.fsencode(source), b"b-\xff.jsonl")
+    make_tree(source, {"a-slow.bin": os.urandom(50_000)})
+    with open(victim, "wb") as handle:
+        handle.write(b"gone soon")
+    progress = DeleteDuringWalk(Path(os.fsdecode(victim)), b"c-unchanged.txt")
+
+    result = create_snapshot(repository, [str(source)], progress=progress, reader_threads=1)
+
+    stored = load_manifest(repository, result.manifest.id)
+    assert stored.partial is True
+    assert [e["path"] for e in stored.errors] == [f"{source}/b-\\xff.jsonl"]
+
+
 def run_as_nobody(script: str, *args: str) -> subprocess.CompletedProcess:
     """Run Python code that imports casbak as root, then drops to the nobody user.
 
