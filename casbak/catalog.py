@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Iterator, Optional
 
@@ -30,7 +31,7 @@ def load_manifest(repository: Repository, snapshot_id: str) -> Manifest:
 
 
 def resolve_snapshot(repository: Repository, selector: str) -> Manifest:
-    """Return the snapshot named by a full id, a unique id prefix, or `latest`."""
+    """Return the snapshot named by a full id, a unique id prefix, `latest`, or a UTC date."""
     selector = selector.strip()
     if not selector:
         raise UsageError("snapshot selector is empty: give an id, an id prefix or `latest`")
@@ -39,6 +40,8 @@ def resolve_snapshot(repository: Repository, selector: str) -> Manifest:
         if not manifests:
             raise SnapshotNotFound("snapshot latest: the repository has no snapshots")
         return manifests[-1]
+    if selector.startswith("@"):
+        return _resolve_date(repository, selector)
     matches = [i for i in repository.list_snapshot_ids() if i.startswith(selector.lower())]
     if not matches:
         raise SnapshotNotFound(f"snapshot {selector}: not found; `casbak snapshots` lists the ids")
@@ -46,6 +49,33 @@ def resolve_snapshot(repository: Repository, selector: str) -> Manifest:
         shown = ", ".join(m[:12] for m in matches[:5])
         raise AmbiguousSnapshot(f"snapshot {selector}: prefix matches {len(matches)} snapshots ({shown}); give more digits")
     return load_manifest(repository, matches[0])
+
+
+def _resolve_date(repository: Repository, selector: str) -> Manifest:
+    """Resolve `@YYYY-MM-DD` (last snapshot of that UTC day) or `@YYYY-MM-DDTHH:MM[:SS]`
+    (last snapshot at or before that instant; UTC unless an offset is given)."""
+    text = selector[1:]
+    try:
+        if len(text) == 10:
+            start = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+            low, high = _epoch_ns(start), _epoch_ns(start + dt.timedelta(days=1)) - 1
+        else:
+            moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=dt.timezone.utc)
+            low, high = None, _epoch_ns(moment)
+    except ValueError as exc:
+        raise UsageError(f"snapshot {selector}: invalid date; use @YYYY-MM-DD or @YYYY-MM-DDTHH:MM (UTC)") from exc
+    chosen = [m for m in load_manifests(repository) if m.time_ns <= high and (low is None or m.time_ns >= low)]
+    if not chosen:
+        span = "on that UTC day" if low is not None else "at or before that time"
+        raise SnapshotNotFound(f"snapshot {selector}: no snapshot {span}; `casbak snapshots` lists the times")
+    return chosen[-1]
+
+
+def _epoch_ns(moment: dt.datetime) -> int:
+    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 def find_parent(repository: Repository, hostname: str, sources: list[str]) -> Optional[Manifest]:

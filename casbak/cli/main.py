@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from casbak.cli import repo_cmd, restore_cmd, snapshot_cmd
+from casbak.cli import diff_cmd
 from casbak.cli import key_cmd
 from casbak.cli.context import CliState, parse_options
 from casbak.errors import CasbakError, IntegrityError
@@ -70,6 +71,7 @@ def _configure_logging(quiet: bool, verbose: int) -> None:
 repo_cmd.register(app)
 snapshot_cmd.register(app)
 restore_cmd.register(app)
+diff_cmd.register(app)
 key_cmd.register(app)
 
 
