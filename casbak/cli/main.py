@@ -13,7 +13,9 @@ import typer
 from casbak.cli import repo_cmd, restore_cmd, snapshot_cmd
 from casbak.cli import diff_cmd
 from casbak.cli import key_cmd
+from casbak.cli import dump_cmd, find_cmd, stats_cmd
 from casbak.cli.context import CliState, parse_options
+from casbak.cli.profiles import apply_profile, load_profile
 from casbak.errors import CasbakError, IntegrityError
 
 app = typer.Typer(
@@ -46,6 +48,13 @@ def global_options(
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON on standard output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log more (-v info, -vv debug)."),
+    profile: Optional[str] = typer.Option(
+        None, "--profile", envvar="CASBAK_PROFILE",
+        help="Use this named profile of the config file; options given here override its values.",
+    ),
+    config: Optional[str] = typer.Option(
+        None, "--config", help="TOML config file with profiles (default: $XDG_CONFIG_HOME/casbak/config.toml).",
+    ),
 ) -> None:
     ctx.obj = CliState(
         repo=repo,
@@ -57,6 +66,8 @@ def global_options(
         verbose=verbose,
     )
     _configure_logging(quiet, verbose)
+    if profile:
+        apply_profile(ctx, ctx.obj, load_profile(profile, config))
 
 
 def _configure_logging(quiet: bool, verbose: int) -> None:
@@ -73,12 +84,15 @@ snapshot_cmd.register(app)
 restore_cmd.register(app)
 diff_cmd.register(app)
 key_cmd.register(app)
+dump_cmd.register(app)
+stats_cmd.register(app)
+find_cmd.register(app)
 
 
 # Options of the top-level callback that users may also write after the command name,
 # as restic and other backup tools accept; main() moves them to the front.
 _GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--verbose", "-v", "-vv", "-vvv"}
-_GLOBAL_OPTIONS = {"--repo", "-r", "--password-file", "--password-command", "--option", "-o"}
+_GLOBAL_OPTIONS = {"--repo", "-r", "--password-file", "--password-command", "--option", "-o", "--profile", "--config"}
 
 
 def hoist_global_options(args: list[str]) -> list[str]:

@@ -1,72 +1,228 @@
-"""`casbak snapshot`."""
+"""`casbak snapshot`: paths, standard input or a command's output, for cron and by hand."""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import sys
-import threading
-import time
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 import typer
 
+from casbak.catalog import find_parent
+from casbak.cli.monitoring import (
+    STATUS_FAILED,
+    STATUS_PARTIAL,
+    STATUS_SUCCESS,
+    RunReport,
+    send_webhook,
+    should_notify,
+    write_metrics,
+)
 from casbak.cli.output import display_path, format_size
-from casbak.errors import EXIT_PARTIAL
-from casbak.operations.progress import Progress
-from casbak.operations.snapshot import create_snapshot
+from casbak.cli.profiles import NOTIFY_ON_VALUES, Profile, ProfileLocked, current_profile, profile_lock
+from casbak.cli.progress import make_progress
+from casbak.errors import EXIT_OK, EXIT_PARTIAL, CasbakError, UsageError
+from casbak.operations.snapshot import SnapshotResult, create_snapshot
+from casbak.operations.sources import (
+    CommandSource,
+    PathFilter,
+    StreamSource,
+    parse_size,
+    read_exclude_files,
+    stdin_source,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STDIN_FILENAME = "stdin"
 
 
-class LineProgress(Progress):
-    """Reports errors and warnings as they happen, and a status line every 10 s when asked."""
+@dataclass
+class SnapshotSettings:
+    """Snapshot options after merging the profile with the command line."""
 
-    def __init__(self, periodic: bool) -> None:
-        self._lock = threading.Lock()
-        self._files = 0
-        self._bytes = 0
-        self._periodic = periodic
-        self._last = time.monotonic()
+    paths: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    exclude_files: list[str] = field(default_factory=list)
+    exclude_larger_than: Optional[str] = None
+    one_file_system: bool = False
+    host: Optional[str] = None
+    stdin: bool = False
+    stdin_filename: Optional[str] = None
+    stdin_from_command: Optional[str] = None
+    notify_url: Optional[str] = None
+    notify_on: str = "failure"
+    metrics_file: Optional[str] = None
 
-    def file_done(self, path: bytes, size: int, read: bool) -> None:
-        with self._lock:
-            self._files += 1
-            now = time.monotonic()
-            if self._periodic and now - self._last >= 10:
-                self._last = now
-                print(f"casbak: {self._files} files, {format_size(self._bytes)} read", file=sys.stderr)
 
-    def bytes_done(self, count: int) -> None:
-        with self._lock:
-            self._bytes += count
+def merge_settings(profile: Optional[Profile], **given) -> SnapshotSettings:
+    """Start from the profile's values and let every option given on the command line win."""
+    settings = SnapshotSettings()
+    if profile is not None:
+        settings = SnapshotSettings(
+            paths=list(profile.sources), tags=list(profile.tags), excludes=list(profile.exclude),
+            exclude_files=list(profile.exclude_file), exclude_larger_than=profile.exclude_larger_than,
+            one_file_system=profile.one_file_system, host=profile.host,
+            stdin_filename=profile.stdin_filename, stdin_from_command=profile.stdin_from_command,
+            notify_url=profile.notify_url, notify_on=profile.notify_on, metrics_file=profile.metrics_file,
+        )
+    for name, value in given.items():
+        # Empty lists and unset options mean "not given"; flags only ever switch on.
+        if value not in (None, [], False):
+            setattr(settings, name, value)
+    if settings.stdin and given.get("stdin_from_command") is None:
+        settings.stdin_from_command = None
+    if settings.notify_on not in NOTIFY_ON_VALUES:
+        raise UsageError(f"--notify-on {settings.notify_on!r}: must be one of {', '.join(NOTIFY_ON_VALUES)}")
+    if settings.stdin and settings.stdin_from_command:
+        raise UsageError("--stdin and --stdin-from-command: give only one of them")
+    return settings
+
+
+def build_filter(settings: SnapshotSettings) -> PathFilter:
+    patterns = list(settings.excludes) + read_exclude_files(settings.exclude_files)
+    limit = parse_size(settings.exclude_larger_than) if settings.exclude_larger_than else None
+    return PathFilter(patterns=patterns, max_file_size=limit, one_file_system=settings.one_file_system)
+
+
+def open_streams(settings: SnapshotSettings, stack: ExitStack) -> list[StreamSource]:
+    filename = settings.stdin_filename or DEFAULT_STDIN_FILENAME
+    if settings.stdin:
+        return [stack.enter_context(stdin_source(filename))]
+    if settings.stdin_from_command:
+        return [stack.enter_context(CommandSource(filename, settings.stdin_from_command))]
+    if settings.stdin_filename:
+        raise UsageError("--stdin-filename: only valid with --stdin or --stdin-from-command")
+    return []
 
 
 def snapshot(
     ctx: typer.Context,
-    paths: List[str] = typer.Argument(..., help="Files and directories to snapshot."),
+    paths: Optional[List[str]] = typer.Argument(None, help="Files and directories to snapshot (default: the profile's sources)."),
     tag: List[str] = typer.Option([], "--tag", help="Tag the snapshot (repeatable)."),
-    parent: Optional[str] = typer.Option(None, help="Parent snapshot for change detection (default: newest of the same host and paths)."),
+    parent: Optional[str] = typer.Option(None, help="Parent snapshot for change detection (default: newest of the same host and sources)."),
     force: bool = typer.Option(False, "--force", help="Read every file, even those unchanged since the parent."),
     host: Optional[str] = typer.Option(None, help="Host name recorded in the snapshot (default: this machine's)."),
+    exclude: List[str] = typer.Option([], "--exclude", "-e", help="Leave out paths matching this .gitignore-style pattern (repeatable)."),
+    exclude_file: List[str] = typer.Option([], "--exclude-file", help="Read exclude patterns from this file, one per line (repeatable)."),
+    exclude_larger_than: Optional[str] = typer.Option(None, "--exclude-larger-than", help="Leave out files larger than this size, such as 2G (K, M, G, T: powers of 1024)."),
+    one_file_system: bool = typer.Option(False, "--one-file-system", "-x", help="Do not cross into other file systems below a source."),
+    stdin: bool = typer.Option(False, "--stdin", help="Store standard input as one file (see --stdin-filename)."),
+    stdin_filename: Optional[str] = typer.Option(None, "--stdin-filename", help="File name of the --stdin or --stdin-from-command content in the snapshot (default: stdin)."),
+    stdin_from_command: Optional[str] = typer.Option(None, "--stdin-from-command", help="Run this shell command and store its standard output; a non-zero exit fails the snapshot."),
+    notify_url: Optional[str] = typer.Option(None, "--notify-url", help="POST a JSON run summary to this URL (on failure, or always with --notify-on always)."),
+    notify_on: Optional[str] = typer.Option(None, "--notify-on", help="When to call --notify-url: failure (default; includes partial runs) or always."),
+    metrics_file: Optional[str] = typer.Option(None, "--metrics-file", help="Write Prometheus gauges of this run to this file (node_exporter textfile collector)."),
 ) -> None:
-    """Snapshot files and directories; only changed files are read and only new chunks stored."""
+    """Snapshot files, standard input or a command's output; only new chunks are stored."""
     state = ctx.obj
+    profile = current_profile(ctx)
+    settings = merge_settings(
+        profile, paths=paths or [], tags=tag, excludes=exclude, exclude_files=exclude_file,
+        exclude_larger_than=exclude_larger_than, one_file_system=one_file_system, host=host, stdin=stdin,
+        stdin_filename=stdin_filename, stdin_from_command=stdin_from_command, notify_url=notify_url,
+        notify_on=notify_on, metrics_file=metrics_file,
+    )
+    report = RunReport("snapshot", profile=profile.name if profile else None, repository=state.repo,
+                       host=settings.host or socket.gethostname())
+    try:
+        with profile_lock(profile.name) if profile else nullcontext():
+            result = _run(state, settings, parent, force)
+    except ProfileLocked as exc:
+        # The run holding the lock reports its own outcome; this one only says it was skipped.
+        report.finish(STATUS_FAILED, exc.exit_code, str(exc))
+        _notify(settings, report)
+        _emit_failure(state, report)
+        raise
+    except (CasbakError, OSError, KeyboardInterrupt) as exc:
+        exit_code = getattr(exc, "exit_code", 130 if isinstance(exc, KeyboardInterrupt) else 1)
+        report.finish(STATUS_FAILED, exit_code, str(exc) or type(exc).__name__)
+        _publish(state, settings, report)
+        _emit_failure(state, report)
+        raise
+    exit_code = _report_result(state, settings, report, result)
+    if exit_code != EXIT_OK:
+        raise typer.Exit(exit_code)
+
+
+def _run(state, settings: SnapshotSettings, parent: Optional[str], force: bool) -> SnapshotResult:
+    path_filter = build_filter(settings)
+    if not settings.paths and not settings.stdin and not settings.stdin_from_command:
+        raise UsageError("nothing to snapshot: give paths, --stdin, --stdin-from-command, or a --profile with sources")
     repository = state.open_repository()
-    progress = LineProgress(periodic=not state.quiet and not state.json)
-    result = create_snapshot(repository, paths, tags=tag, parent=parent, full_read=force, hostname=host, progress=progress)
+    with ExitStack() as stack:
+        # Started only once the repository is open, so a wrong password never runs pg_dump.
+        streams = open_streams(settings, stack)
+        progress = make_progress("snapshot", state.quiet, state.json, _size_estimate(state, repository, settings, streams))
+        progress.start()
+        try:
+            return create_snapshot(
+                repository, settings.paths, tags=settings.tags, parent=parent, full_read=force,
+                hostname=settings.host, progress=progress, exclude=path_filter, streams=streams,
+            )
+        finally:
+            progress.stop()
+
+
+def _size_estimate(state, repository, settings: SnapshotSettings, streams: list[StreamSource]) -> Optional[int]:
+    """Return the parent snapshot's size as the expected total, for an ETA on a terminal."""
+    if state.quiet or state.json or streams or not sys.stderr.isatty():
+        return None
+    sources = [os.path.abspath(os.path.expanduser(p)) for p in settings.paths]
+    parent = find_parent(repository, settings.host or socket.gethostname(), sources)
+    return int(parent.stats.get("bytes_total", 0)) or None if parent else None
+
+
+def _report_result(state, settings: SnapshotSettings, report: RunReport, result: SnapshotResult) -> int:
     manifest, stats = result.manifest, result.stats
+    report.snapshot = manifest.id
+    report.stats = dict(manifest.stats)
+    report.errors, report.warnings = list(result.errors), list(result.warnings)
+    if result.errors:
+        report.finish(STATUS_PARTIAL, EXIT_PARTIAL, f"{len(result.errors)} entries could not be read")
+    else:
+        report.finish(STATUS_SUCCESS, EXIT_OK)
+    _publish(state, settings, report)
     if state.json:
-        state.emit_json({**manifest.summary(), "warnings": result.warnings})
+        state.emit_json(report.to_json())
     elif not state.quiet:
         typer.echo(
             f"snapshot {manifest.id[:12]} saved: {stats.files_new} new, {stats.files_changed} changed, "
-            f"{stats.files_unmodified} unmodified files; {stats.directories} directories\n"
+            f"{stats.files_unmodified} unmodified files; {stats.directories} directories; {stats.excluded} excluded\n"
             f"read {format_size(stats.bytes_read)} of {format_size(stats.bytes_total)}, "
             f"added {format_size(stats.data_added)} ({format_size(stats.data_added_stored)} stored) "
             f"in {stats.duration_seconds:.1f} s"
         )
+    for error in result.errors:
+        shown = display_path(error["path"].encode("utf-8", "surrogateescape"))
+        typer.echo(f"casbak: not stored: {shown}: {error['error']}", err=True)
     if result.errors:
-        for error in result.errors:
-            typer.echo(f"casbak: not stored: {display_path(error['path'].encode('utf-8', 'surrogateescape'))}: {error['error']}", err=True)
         typer.echo(f"casbak: snapshot {manifest.id[:12]} is partial: {len(result.errors)} entries could not be read", err=True)
-        raise typer.Exit(EXIT_PARTIAL)
+    return report.exit_code
+
+
+def _publish(state, settings: SnapshotSettings, report: RunReport) -> None:
+    """Send the webhook and write the metrics file; neither changes the exit code."""
+    _notify(settings, report)
+    if settings.metrics_file:
+        labels = {"profile": report.profile or "", "repository": report.repository or ""}
+        write_metrics(settings.metrics_file, report, labels)
+
+
+def _notify(settings: SnapshotSettings, report: RunReport) -> None:
+    if settings.notify_url and should_notify(settings.notify_on, report.status):
+        send_webhook(settings.notify_url, report)
+
+
+def _emit_failure(state, report: RunReport) -> None:
+    # With --json, a failed run still prints one document, so scripts can always parse stdout.
+    if state.json:
+        state.emit_json(report.to_json())
 
 
 def register(app: typer.Typer) -> None:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Sequence, Union
 
 from casbak import __version__
@@ -27,6 +27,7 @@ from casbak.chunking import Chunker, ChunkerParams
 from casbak.errors import UsageError
 from casbak.manifest import Manifest
 from casbak.operations.progress import Progress
+from casbak.operations.sources import PathFilter, StreamSource, check_stream_paths
 from casbak.store.packs import KIND_DATA, KIND_TREE
 from casbak.store.repository import Repository
 from casbak.store.writer import ObjectWriter
@@ -55,6 +56,7 @@ class SnapshotStats:
     trees_new: int = 0
     errors: int = 0
     warnings: int = 0
+    excluded: int = 0
     duration_seconds: float = 0.0
 
 
@@ -90,18 +92,26 @@ def create_snapshot(
     hostname: Optional[str] = None,
     progress: Optional[Progress] = None,
     reader_threads: int = 2,
+    exclude: Optional[PathFilter] = None,
+    one_file_system: bool = False,
+    streams: Sequence[StreamSource] = (),
 ) -> SnapshotResult:
     """Snapshot `sources` (local paths) and return the written manifest with statistics.
 
     The parent snapshot (`parent`, else the newest of the same host and sources) lets
     files with unchanged (size, mtime_ns, inode, ctime_ns) skip reading; `full_read`
     reads every file anyway. Unreadable entries are left out, listed in the manifest's
-    `errors`, and mark the snapshot partial.
+    `errors`, and mark the snapshot partial. Entries that `exclude` matches (or that lie
+    on another file system, with `one_file_system`) are left out and counted. Each of
+    `streams` becomes one file; a stream whose producer fails aborts the whole snapshot.
     """
     started = time.monotonic()
     hostname = hostname or socket.gethostname()
-    roots = _absolute_sources(sources)
-    source_names = [_path_text(r) for r in roots]
+    roots = _absolute_sources(sources) if sources or not streams else []
+    check_stream_paths(roots, streams)
+    source_names = [_path_text(r) for r in roots] + [s.source_name for s in streams]
+    path_filter = replace(exclude or PathFilter(), roots=roots)
+    path_filter.one_file_system = path_filter.one_file_system or one_file_system
 
     parent_manifest = None
     if parent:
@@ -113,8 +123,9 @@ def create_snapshot(
 
     with repository.writer() as writer:
         archiver = _Archiver(repository, writer, progress or Progress(), full_read, reader_threads)
+        archiver.path_filter = path_filter if path_filter.active else None
         try:
-            root = archiver.archive_sources(roots, parent_manifest.tree if parent_manifest else None)
+            root = archiver.archive_sources(roots, parent_manifest.tree if parent_manifest else None, streams)
             writer.flush()
         except BaseException:
             archiver.abort()
@@ -189,12 +200,13 @@ class _Archiver:
         self._window: deque[Future] = deque()
         self._max_window = 8 * reader_threads
         self._pending: deque[_DirNode] = deque()
+        self.path_filter: Optional[PathFilter] = None
 
     # Walking
 
-    def archive_sources(self, roots: list[bytes], parent_root: Optional[bytes]) -> bytes:
+    def archive_sources(self, roots: list[bytes], parent_root: Optional[bytes], streams: Sequence[StreamSource] = ()) -> bytes:
         """Archive the sources under a root tree that mirrors their absolute paths."""
-        if roots == [b"/"]:
+        if roots == [b"/"] and not streams:
             top = self._archive_directory(b"", b"/", os.lstat(b"/"), parent_root)
             if top is None:
                 raise UsageError("source /: cannot be listed")
@@ -208,6 +220,12 @@ class _Archiver:
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1] if parts else b""] = root
+        for stream in streams:
+            node = trie
+            parts = [os.fsencode(p) for p in stream.path.split("/") if p]
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = stream
         top = self._archive_virtual(b"", b"/", trie, parent_root)
         self._drain(block=True)
         self._pool.shutdown(wait=True)
@@ -228,6 +246,8 @@ class _Archiver:
                 child_path = os.path.join(path, child_name)
                 subtree = parent_entry.subtree if parent_entry and parent_entry.type == DIRECTORY else None
                 node.children.append(self._archive_virtual(child_name, child_path, child, subtree))
+            elif isinstance(child, StreamSource):
+                node.children.append(self._read_stream(child_name, child))
             else:
                 self._add_path(node, child, os.path.basename(child) or b"/", parent_entry)
         self._pending.append(node)
@@ -253,6 +273,8 @@ class _Archiver:
             st = os.lstat(path)
         except OSError as exc:
             self._record_error(path, f"cannot stat: {exc.strerror or exc}")
+            return
+        if self.path_filter is not None and self._excluded(path, st):
             return
         mode = st.st_mode
         if stat.S_ISDIR(mode):
@@ -295,6 +317,15 @@ class _Archiver:
         while self._window and self._window[0].done():
             self._window.popleft()
         return future
+
+    def _excluded(self, path: bytes, st: os.stat_result) -> bool:
+        reason = self.path_filter.reason(path, st)
+        if reason is None:
+            return False
+        log.debug("excluded %s: %s", os.fsdecode(path), reason)
+        with self._lock:
+            self.stats.excluded += 1
+        return True
 
     def _unchanged(self, parent_entry: Optional[Entry], st: os.stat_result) -> bool:
         if parent_entry is None or parent_entry.type != FILE:
@@ -353,6 +384,20 @@ class _Archiver:
                 self.stats.files_changed += 1
             else:
                 self.stats.files_new += 1
+            self.stats.bytes_total += size
+        self.progress.file_done(path, size, read=True)
+        return entry
+
+    def _read_stream(self, name: bytes, source: StreamSource) -> Entry:
+        """Chunk a stream source in this thread; raises when its producer failed."""
+        path = os.fsencode(source.path)
+        chunks, size, content = self._chunk(source.stream, path)
+        source.finish()
+        # Owner-only mode: database dumps and similar streams often hold private data.
+        entry = Entry(name=name, type=FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(), mtime_ns=time.time_ns())
+        entry.size, entry.chunks, entry.content = size, chunks, content
+        with self._lock:
+            self.stats.files_new += 1
             self.stats.bytes_total += size
         self.progress.file_done(path, size, read=True)
         return entry
