@@ -8,7 +8,6 @@ import socket
 import stat
 import tempfile
 import time
-from pathlib import Path
 
 import msgpack
 import pytest
