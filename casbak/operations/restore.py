@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 from casbak.catalog import load_tree, lookup_path
 from casbak.errors import CorruptObject, RestoreError
@@ -93,9 +93,37 @@ class _Restorer:
         self._directories: list[tuple[bytes, Entry]] = []
 
     def restore_children(self, directory_fd: int, subtree: bytes, path: bytes) -> None:
-        for entry in load_tree(self.repository, subtree).entries:
-            child_path = path + b"/" + entry.name if path else entry.name
-            self.restore_entry(directory_fd, entry, child_path)
+        """Restore the entries of `subtree` into `directory_fd`, depth first.
+
+        An explicit stack instead of recursion lets trees deeper than Python's recursion
+        limit restore. Each level on the stack keeps its directory descriptor open.
+        """
+        entries = iter(load_tree(self.repository, subtree).entries)
+        stack: list[tuple[int, Iterator[Entry], bytes]] = [(directory_fd, entries, path)]
+        try:
+            while stack:
+                parent_fd, entries, prefix = stack[-1]
+                entry = next(entries, None)
+                if entry is None:
+                    stack.pop()
+                    if parent_fd != directory_fd:
+                        os.close(parent_fd)
+                    continue
+                child_path = prefix + b"/" + entry.name if prefix else entry.name
+                if entry.type != DIRECTORY:
+                    self.restore_entry(parent_fd, entry, child_path)
+                    continue
+                child_fd = self._open_directory(parent_fd, entry, child_path)
+                try:
+                    child_entries = iter(load_tree(self.repository, entry.subtree).entries)
+                except BaseException:
+                    os.close(child_fd)
+                    raise
+                stack.append((child_fd, child_entries, child_path))
+        finally:
+            for parent_fd, _entries, _prefix in stack:
+                if parent_fd != directory_fd:
+                    os.close(parent_fd)
 
     def restore_entry(self, directory_fd: int, entry: Entry, path: bytes) -> None:
         if entry.type == DIRECTORY:
@@ -137,6 +165,17 @@ class _Restorer:
         self._pool.shutdown(wait=True)
 
     def _restore_directory(self, parent_fd: int, entry: Entry, path: bytes) -> None:
+        directory_fd = self._open_directory(parent_fd, entry, path)
+        try:
+            self.restore_children(directory_fd, entry.subtree, path)
+        finally:
+            os.close(directory_fd)
+
+    def _open_directory(self, parent_fd: int, entry: Entry, path: bytes) -> int:
+        """Create (or reuse) the directory `entry` and return a descriptor of it.
+
+        Its mode and mtime are applied by finish(), after its content is written.
+        """
         try:
             os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
         except FileExistsError:
@@ -145,12 +184,9 @@ class _Restorer:
                 os.unlink(entry.name, dir_fd=parent_fd)
                 os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
         directory_fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
-        try:
-            self._directories.append((path, entry))
-            self._count("directories")
-            self.restore_children(directory_fd, entry.subtree, path)
-        finally:
-            os.close(directory_fd)
+        self._directories.append((path, entry))
+        self._count("directories")
+        return directory_fd
 
     def _restore_file(self, fd: int, entry: Entry, path: bytes) -> None:
         try:

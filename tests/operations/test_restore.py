@@ -8,6 +8,7 @@ import socket
 import stat
 import tempfile
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -333,3 +334,29 @@ def test_restore_over_previous_restore(repository, tmp_path):
 
     assert (target / "a.txt").read_bytes() == b"version two"
     assert os.readlink(target / "d" / "b.txt") == "../a.txt"
+
+
+def make_deep_chain(root: Path, depth: int) -> Path:
+    """Create root/d/d/.../d (`depth` levels) with a file at the bottom; return that file."""
+    directory = root
+    for _level in range(depth):
+        directory = directory / "d"
+        directory.mkdir(parents=True)
+    leaf = directory / "leaf.txt"
+    leaf.write_bytes(b"bottom")
+    return leaf
+
+
+def test_restore_deep_tree(repository, tmp_path):
+    # Deeper than Python's default recursion limit allows for three frames per level.
+    depth = 450
+    source = tmp_path / "source"
+    leaf = make_deep_chain(source, depth)
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    target = tmp_path / "target"
+
+    stats = restore_snapshot(repository, manifest, str(target), str(source))
+
+    assert stats.directories == depth
+    restored_leaf = target / leaf.relative_to(source)
+    assert restored_leaf.read_bytes() == b"bottom"
