@@ -136,3 +136,6 @@ def _check_entry(entry: Entry) -> None:
     elif entry.type == SYMLINK:
         if not isinstance(entry.target, bytes):
             raise CorruptObject(f"entry {entry.name!r}: symlink without target")
+        # symlink(2) rejects both, and restore would fail with a bare OSError or ValueError.
+        if not entry.target or b"\x00" in entry.target:
+            raise CorruptObject(f"entry {entry.name!r}: symlink target is empty or contains a NUL byte")

@@ -360,3 +360,14 @@ def test_restore_deep_tree(repository, tmp_path):
     assert stats.directories == depth
     restored_leaf = target / leaf.relative_to(source)
     assert restored_leaf.read_bytes() == b"bottom"
+
+
+@pytest.mark.parametrize("bad_target", [b"", b"a\x00b"])
+def test_restore_rejects_bad_symlink_target(repository, tmp_path, bad_target):
+    entries = [Entry(name=b"link", type=SYMLINK, target=bad_target).to_wire()]
+    manifest = store_manifest(repository, store_raw_tree(repository, entries))
+
+    with pytest.raises(CorruptObject):
+        restore_snapshot(repository, manifest, str(tmp_path / "target"))
+
+    assert os.listdir(tmp_path / "target") == []
