@@ -176,10 +176,11 @@ def diff_snapshots(
     """Compare two snapshots, optionally only below `path`.
 
     With `records`, every modified file is also compared inside (records, config keys or
-    chunk ranges). When `path` names a file in either snapshot, this is the default.
+    chunk ranges). A `key`, or a `path` that names a file in either snapshot, turns this on.
     """
     differ = TreeDiffer(repository)
     result = DiffResult(old, new, path)
+    records = records or key is not None
     if path and split_path(path):
         old_entry = _lookup_or_none(repository, old.tree, path)
         new_entry = _lookup_or_none(repository, new.tree, path)

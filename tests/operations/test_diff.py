@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import casbak
 from casbak.catalog import resolve_snapshot, walk
+from casbak.cli.diff_cmd import change_json
 from casbak.cli.main import app
 from casbak.errors import PathNotFound, SnapshotNotFound, UsageError
 from casbak.manifest import Manifest
@@ -197,6 +198,9 @@ def test_non_utf8_names(repository, tmp_path):
 
     assert [c.path.rsplit(b"/", 1)[-1] for c in result.changes] == [raw_name]
     assert result.changes[0].status == "+"
+    as_json = change_json(result.changes[0])
+    assert as_json["path"].endswith("caf\\xe9.txt")
+    assert bytes.fromhex(as_json["path_hex"]) == result.changes[0].path
 
 
 def test_unchanged_subtrees_are_not_read(repository, tmp_path):
