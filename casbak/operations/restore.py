@@ -57,19 +57,34 @@ def restore_snapshot(
     `restore_owner` is False. Raises CorruptObject when any content fails verification.
     """
     entry = lookup_path(repository, manifest.tree, path)
-    os.makedirs(target, exist_ok=True)
+    target_fd = _open_target(target)
     restorer = _Restorer(repository, progress or Progress(), writer_threads, _default_owner(restore_owner))
-    target_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if entry.type == DIRECTORY:
             restorer.restore_children(target_fd, entry.subtree, b"")
         else:
             restorer.restore_entry(target_fd, entry, entry.name)
         restorer.finish(target_fd)
+    except OSError as exc:
+        # A full disk, a missing permission or an over-long name in the target: report it
+        # as a casbak error naming the file, not as a traceback.
+        raise RestoreError(
+            f"restore into {target} failed: {exc}; the target may be incomplete, fix the cause and restore again"
+        ) from exc
     finally:
         os.close(target_fd)
         restorer.close()
     return restorer.stats
+
+
+def _open_target(target: str) -> int:
+    try:
+        os.makedirs(target, exist_ok=True)
+        return os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise RestoreError(
+            f"target {target}: cannot be created or opened as a directory ({exc.strerror}); choose another --target"
+        ) from exc
 
 
 def _default_owner(restore_owner: Optional[bool]) -> bool:

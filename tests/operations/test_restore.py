@@ -6,6 +6,8 @@ import os
 import random
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -371,3 +373,51 @@ def test_restore_rejects_bad_symlink_target(repository, tmp_path, bad_target):
         restore_snapshot(repository, manifest, str(tmp_path / "target"))
 
     assert os.listdir(tmp_path / "target") == []
+
+
+def test_target_that_is_a_file_fails(repository, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source, {"a": b"1"})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    target = tmp_path / "target"
+    target.write_bytes(b"not a directory")
+
+    with pytest.raises(RestoreError) as caught:
+        restore_snapshot(repository, manifest, str(target), str(source))
+
+    assert str(target) in str(caught.value)
+    assert target.read_bytes() == b"not a directory"
+
+
+WRITE_LIMIT_SCRIPT = """
+import resource, signal, sys
+from casbak.catalog import load_manifest
+from casbak.errors import RestoreError
+from casbak.operations.restore import restore_snapshot
+from casbak.store.repository import Repository
+repository = Repository.open(sys.argv[1], sys.argv[2].encode())
+manifest = load_manifest(repository, sys.argv[3])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+try:
+    restore_snapshot(repository, manifest, sys.argv[4], sys.argv[5])
+except RestoreError as exc:
+    print("RestoreError", exc)
+"""
+
+
+def test_write_failure_becomes_restore_error(repository, repo_path, tmp_path):
+    # RLIMIT_FSIZE makes the restore's write(2) fail with EFBIG, as a full disk would.
+    source = tmp_path / "source"
+    make_tree(source, {"big.jsonl": random.Random(9).randbytes(300_000)})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    target = tmp_path / "target"
+
+    child = subprocess.run(
+        [sys.executable, "-c", WRITE_LIMIT_SCRIPT, str(repo_path), PASSWORD.decode(), manifest.id, str(target), str(source)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("RestoreError restore into")
+    assert "File too large" in child.stdout
