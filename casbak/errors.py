@@ -76,6 +76,12 @@ class CorruptObject(IntegrityError):
     """An object, pack header, index file or manifest failed authentication or parsing."""
 
 
+class RepositoryLocked(CasbakError):
+    """Another run holds a lock that conflicts with the requested operation."""
+
+    exit_code = EXIT_LOCKED
+
+
 class StorageError(CasbakError):
     """A storage request failed for good: access denied, invalid request, or retries exhausted."""
 

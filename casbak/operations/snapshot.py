@@ -19,7 +19,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from casbak import __version__
 from casbak.catalog import find_parent, load_manifests, load_tree, resolve_snapshot
@@ -29,6 +29,7 @@ from casbak.manifest import Manifest
 from casbak.operations.progress import Progress
 from casbak.operations.sources import PathFilter, StreamSource, check_stream_paths
 from casbak.store.packs import KIND_DATA, KIND_TREE
+from casbak.store.locks import SHARED, LockSettings, RepositoryLock
 from casbak.store.repository import Repository
 from casbak.store.writer import ObjectWriter
 from casbak.tree import BLOCK_DEVICE, CHAR_DEVICE, DIRECTORY, FIFO, FILE, SYMLINK, Entry, Tree
@@ -85,6 +86,26 @@ def create_snapshot(
     repository: Repository,
     sources: Sequence[str],
     *,
+    lock_settings: Optional[LockSettings] = None,
+    **options: Any,
+) -> SnapshotResult:
+    """Snapshot `sources` while holding a shared repository lock; see _create_snapshot_locked.
+
+    The lock keeps gc from deleting packs whose objects this run reuses. It raises
+    RepositoryLocked (exit code 4) while a forget or gc holds an exclusive lock.
+    """
+    with RepositoryLock(repository, SHARED, "snapshot", lock_settings) as lock:
+        # An index loaded before the lock may name packs that a gc has deleted since;
+        # deduplicating against it would store a snapshot with missing data.
+        repository._index = None
+        return _create_snapshot_locked(repository, sources, lock=lock, **options)
+
+
+def _create_snapshot_locked(
+    repository: Repository,
+    sources: Sequence[str],
+    *,
+    lock: RepositoryLock,
     tags: Sequence[str] = (),
     parent: Optional[str] = None,
     use_parent: bool = True,
@@ -153,6 +174,7 @@ def create_snapshot(
         stats=asdict(archiver.stats),
     )
     # The manifest is written last: every object it references is already indexed.
+    lock.ensure_held()
     manifest.id = repository.write_manifest(manifest.encode())
     log.info("snapshot %s saved (%d new files, %d bytes added)", manifest.id[:12], archiver.stats.files_new, archiver.stats.data_added)
     return SnapshotResult(manifest, archiver.stats, archiver.errors, archiver.warnings)

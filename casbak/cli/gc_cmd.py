@@ -1,0 +1,190 @@
+"""`casbak forget`, `casbak gc` and `casbak unlock`: retention, garbage collection, stale locks."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from casbak.cli.output import format_size
+from casbak.errors import UsageError
+from casbak.operations.forget import ForgetResult, forget_by_ids, forget_by_policy
+from casbak.operations.prune import GcReport, PruneOptions, run_gc
+from casbak.operations.retention import GROUP_BY_CHOICES, Decision, Duration, RetentionPolicy
+from casbak.store.locks import DEFAULT_STALE_SECONDS, remove_stale_locks
+
+
+def _build_policy(
+    keep_last: int,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    keep_within: Optional[str],
+    keep_tag: List[str],
+) -> RetentionPolicy:
+    return RetentionPolicy(
+        last=keep_last,
+        hourly=keep_hourly,
+        daily=keep_daily,
+        weekly=keep_weekly,
+        monthly=keep_monthly,
+        yearly=keep_yearly,
+        within=Duration.parse(keep_within) if keep_within else None,
+        tags=tuple(keep_tag),
+    )
+
+
+GROUP_BY_HELP = f"Judge snapshots in groups of: {', '.join(GROUP_BY_CHOICES)}."
+
+
+def forget(
+    ctx: typer.Context,
+    snapshot_ids: List[str] = typer.Argument(None, help="Snapshots to forget: ids or unique id prefixes."),
+    keep_last: int = typer.Option(0, "--keep-last", help="Keep the N newest snapshots of each group (-1: all)."),
+    keep_hourly: int = typer.Option(0, "--keep-hourly", help="Keep the newest snapshot of each of the last N UTC hours that have one."),
+    keep_daily: int = typer.Option(0, "--keep-daily", help="Keep the newest snapshot of each of the last N UTC days that have one."),
+    keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep the newest snapshot of each of the last N ISO weeks that have one."),
+    keep_monthly: int = typer.Option(0, "--keep-monthly", help="Keep the newest snapshot of each of the last N months that have one."),
+    keep_yearly: int = typer.Option(0, "--keep-yearly", help="Keep the newest snapshot of each of the last N years that have one."),
+    keep_within: Optional[str] = typer.Option(
+        None, "--keep-within", help="Keep snapshots up to this long before the group's newest, such as 30d or 1y6m (units h d w m y)."
+    ),
+    keep_tag: List[str] = typer.Option([], "--keep-tag", help="Keep snapshots with this tag (repeatable)."),
+    group_by: str = typer.Option("host,sources", "--group-by", help=GROUP_BY_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print what would be forgotten and why; change nothing."),
+) -> None:
+    """Remove snapshots by id or by retention policy; their data stays until `casbak gc`."""
+    policy = _build_policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, keep_tag)
+    if snapshot_ids and not policy.is_empty():
+        raise UsageError("give either snapshot ids or --keep-* options, not both")
+    state = ctx.obj
+    repository = state.open_repository()
+    if snapshot_ids:
+        result = forget_by_ids(repository, snapshot_ids, dry_run=dry_run)
+    else:
+        result = forget_by_policy(repository, policy, group_by, dry_run=dry_run)
+    if state.json:
+        state.emit_json(result.to_json())
+    elif not state.quiet:
+        _print_forget(result)
+
+
+def gc(
+    ctx: typer.Context,
+    keep_last: int = typer.Option(0, "--keep-last", help="Keep the N newest snapshots of each group (-1: all)."),
+    keep_hourly: int = typer.Option(0, "--keep-hourly", help="Keep the newest snapshot of each of the last N UTC hours that have one."),
+    keep_daily: int = typer.Option(0, "--keep-daily", help="Keep the newest snapshot of each of the last N UTC days that have one."),
+    keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep the newest snapshot of each of the last N ISO weeks that have one."),
+    keep_monthly: int = typer.Option(0, "--keep-monthly", help="Keep the newest snapshot of each of the last N months that have one."),
+    keep_yearly: int = typer.Option(0, "--keep-yearly", help="Keep the newest snapshot of each of the last N years that have one."),
+    keep_within: Optional[str] = typer.Option(
+        None, "--keep-within", help="Keep snapshots up to this long before the group's newest, such as 30d or 1y6m (units h d w m y)."
+    ),
+    keep_tag: List[str] = typer.Option([], "--keep-tag", help="Keep snapshots with this tag (repeatable)."),
+    group_by: str = typer.Option("host,sources", "--group-by", help=GROUP_BY_HELP),
+    max_unused: str = typer.Option(
+        "10%", "--max-unused", help="Repack a pack when more than this percentage of its bytes is unused, such as 10%."
+    ),
+    no_repack: bool = typer.Option(False, "--no-repack", help="Only delete packs without live data; read no data pack."),
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print what would be removed and repacked; change nothing."),
+) -> None:
+    """Forget snapshots by policy (when --keep-* options are given), then delete unused data."""
+    policy = _build_policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, keep_tag)
+    options = PruneOptions(max_unused=parse_percentage(max_unused), repack=not no_repack, dry_run=dry_run)
+    state = ctx.obj
+    repository = state.open_repository()
+    report = run_gc(repository, policy, group_by, options)
+    if state.json:
+        state.emit_json(report.to_json())
+    elif not state.quiet:
+        _print_gc(report)
+
+
+def unlock(
+    ctx: typer.Context,
+    remove_all: bool = typer.Option(
+        False, "--remove-all", help="Remove every lock, also those of running processes. Use only when nothing uses the repository."
+    ),
+) -> None:
+    """Remove stale locks: no heartbeat for 30 minutes, or their process on this host is gone."""
+    state = ctx.obj
+    repository = state.open_repository()
+    removed = remove_stale_locks(repository, DEFAULT_STALE_SECONDS, remove_all=remove_all)
+    if state.json:
+        state.emit_json({"removed": [r.summary(DEFAULT_STALE_SECONDS) for r in removed]})
+    elif not state.quiet:
+        for record in removed:
+            typer.echo(f"removed {record.describe() if record.kind != 'unknown' else 'lock ' + record.lock_id[:12]}")
+        typer.echo(f"{len(removed)} locks removed")
+
+
+def parse_percentage(text: str) -> float:
+    """Turn `10%` or `10` into 0.10."""
+    cleaned = text.strip().rstrip("%").strip()
+    try:
+        value = float(cleaned)
+    except ValueError as exc:
+        raise UsageError(f"--max-unused {text!r}: invalid; give a percentage such as 10%") from exc
+    if not 0.0 <= value <= 100.0:
+        raise UsageError(f"--max-unused {text!r}: must be between 0% and 100%")
+    return value / 100.0
+
+
+def _print_decision(decision: Decision) -> None:
+    manifest = decision.manifest
+    verdict = "keep  " if decision.keep else "remove"
+    reasons = ", ".join(decision.reasons) if decision.reasons else "no rule keeps it"
+    typer.echo(f"{verdict} {manifest.id[:12]}  {manifest.time_iso[:19]}Z  {manifest.hostname}  {', '.join(manifest.sources)}  [{reasons}]")
+
+
+def _print_forget(result: ForgetResult) -> None:
+    group = None
+    for decision in result.decisions:
+        if decision.group != group and decision.group:
+            group = decision.group
+            typer.echo(f"group {_group_label(group)}:")
+        if decision.group:
+            _print_decision(decision)
+        else:
+            typer.echo(f"forget {decision.manifest.id[:12]}  {decision.manifest.time_iso[:19]}Z  [requested by id]")
+    for retained in result.retained:
+        typer.echo(f"not removed: {retained['name']}: {retained['detail']}")
+    verb = "would remove" if result.dry_run else "removed"
+    count = sum(1 for d in result.decisions if not d.keep) if result.dry_run else len(result.removed)
+    typer.echo(f"{verb} {count} of {len(result.decisions)} snapshots")
+
+
+def _group_label(group: tuple) -> str:
+    parts = [", ".join(part) if isinstance(part, tuple) else str(part) for part in group]
+    return " | ".join(parts)
+
+
+def _print_gc(report: GcReport) -> None:
+    if report.forget is not None:
+        _print_forget(report.forget)
+    stats = report.prune
+    if stats.dry_run:
+        typer.echo(
+            f"would delete {stats.packs_deleted} unused packs and {stats.unindexed_packs_deleted} unindexed packs, "
+            f"and repack {stats.packs_repacked} packs; {stats.live_objects} objects in use"
+        )
+        return
+    typer.echo(
+        f"deleted {stats.packs_deleted} unused packs and {stats.unindexed_packs_deleted} unindexed packs, "
+        f"repacked {stats.packs_repacked} packs into {stats.packs_written}"
+    )
+    typer.echo(
+        f"freed {format_size(max(0, stats.bytes_freed))} ({format_size(stats.bytes_deleted)} deleted, "
+        f"{format_size(stats.bytes_written)} written) in {report.duration_seconds:.1f} s; "
+        f"{stats.live_objects} objects in use"
+    )
+    for retained in stats.retained:
+        typer.echo(f"not deleted: {retained['name']}: {retained['detail']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("forget")(forget)
+    app.command("gc")(gc)
+    app.command("unlock")(unlock)
