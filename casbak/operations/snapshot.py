@@ -276,6 +276,8 @@ class _Archiver:
         return node
 
     def _archive_directory(self, name: bytes, path: bytes, st: os.stat_result, parent_subtree: Optional[bytes]) -> Optional[_DirNode]:
+        # NOTE: the walk recurses two frames per level, so a tree about 500 directories
+        # deep fails with RecursionError under the default recursion limit.
         try:
             with os.scandir(path) as scan:
                 names = sorted(item.name for item in scan)
