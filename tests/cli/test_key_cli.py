@@ -153,12 +153,22 @@ def test_key_commands_reject_unencrypted(repo_path, run):
     assert "not encrypted" in err
 
 
-def test_wrong_password_exit_one_writes_nothing(encrypted, run, monkeypatch):
+def test_wrong_password_exit_one_writes_nothing(encrypted, run, monkeypatch, tmp_path):
     monkeypatch.setenv("CASBAK_PASSWORD", "not the password")
     monkeypatch.setenv("CASBAK_NEW_PASSWORD", NEW_PASSWORD)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.txt").write_bytes(b"data that must not be stored")
     before = store_state(encrypted)
+    commands = (
+        ["key", "list"],
+        ["key", "add", *FAST_NEW_KEY],
+        ["key", "passwd", *FAST_NEW_KEY],
+        ["snapshots"],
+        ["snapshot", str(source)],
+    )
 
-    for command in (["key", "list"], ["key", "add", *FAST_NEW_KEY], ["snapshots"]):
+    for command in commands:
         code, out, err = run(*command)
         assert code == 1, command
         assert "wrong password" in err, command
@@ -220,3 +230,48 @@ def test_no_password_source(encrypted, run):
     assert code == 1
     assert "is encrypted" in err
     assert "CASBAK_PASSWORD" in err
+
+
+def test_key_add_prompts_twice_on_terminal(encrypted, run, monkeypatch):
+    monkeypatch.setenv("CASBAK_PASSWORD", PASSWORD.decode())
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    answers = iter([NEW_PASSWORD, NEW_PASSWORD])
+    monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
+
+    code, _out, _err = run("key", "add", *FAST_NEW_KEY)
+
+    assert code == 0
+    assert Repository.open(str(encrypted), NEW_PASSWORD.encode()).master_keys is not None
+
+
+def test_key_add_prompt_mismatch(encrypted, run, monkeypatch):
+    monkeypatch.setenv("CASBAK_PASSWORD", PASSWORD.decode())
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    answers = iter([NEW_PASSWORD, NEW_PASSWORD + "x"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
+
+    code, _out, err = run("key", "add", *FAST_NEW_KEY)
+
+    assert code == 2
+    assert "differ" in err
+    assert len(list_key_ids(Repository.open(str(encrypted), PASSWORD).backend)) == 1
+
+
+def test_key_add_empty_new_password(encrypted, run, monkeypatch):
+    monkeypatch.setenv("CASBAK_PASSWORD", PASSWORD.decode())
+    monkeypatch.setenv("CASBAK_NEW_PASSWORD", "")
+
+    code, _out, err = run("key", "add", *FAST_NEW_KEY)
+
+    assert code == 2
+    assert "empty" in err
+
+
+def test_key_add_rejects_weak_kdf(encrypted, run, monkeypatch):
+    monkeypatch.setenv("CASBAK_PASSWORD", PASSWORD.decode())
+    monkeypatch.setenv("CASBAK_NEW_PASSWORD", NEW_PASSWORD)
+
+    code, _out, err = run("key", "add", "--kdf-n", "1000")
+
+    assert code == 2
+    assert "power of two" in err

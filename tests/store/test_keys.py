@@ -7,8 +7,10 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from casbak.crypto import KdfParams
+from casbak.crypto import KdfParams, unwrap_master_keys
 from casbak.errors import CorruptObject, KeyFilesMissing, UsageError, WrongPassword
 from casbak.store.keys import (
     add_key,
@@ -221,3 +223,21 @@ def test_new_key_rejects_weak_kdf(repository):
 def test_new_key_rejects_empty_password(repository):
     with pytest.raises(UsageError, match="empty"):
         add_key(repository.backend, repository.master_keys, b"", FAST_KDF)
+
+
+FIELD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([1024, 2048, 8, 1]),
+    st.binary(max_size=80), st.text(max_size=10),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kdf=st.sampled_from(["scrypt", "argon2id", None]),
+    n=FIELD_VALUES, r=FIELD_VALUES, p=FIELD_VALUES, salt=FIELD_VALUES, data=FIELD_VALUES,
+)
+def test_arbitrary_key_fields_fail_cleanly(kdf, n, r, p, salt, data):
+    fields = {"kdf": kdf, "n": n, "r": r, "p": p, "salt": salt, "data": data}
+
+    with pytest.raises((CorruptObject, WrongPassword)):
+        unwrap_master_keys(fields, PASSWORD)
