@@ -31,9 +31,8 @@ KEY_SIZE = 32
 SALT_SIZE = 32
 
 KDF_SCRYPT = "scrypt"
-# Associated data of the wrapped master keys; it keeps a key-file blob from being
-# accepted as any other AES-GCM message of the repository, whose AAD starts with the
-# 3-byte object header instead.
+# Associated data of the wrapped master keys. It names the wrapping format, so a
+# future key-file format with a new label cannot be mistaken for this one.
 KEY_WRAP_AAD = b"casbak-key-v1"
 
 # Bounds on scrypt parameters. A key file is not authenticated before the key is
@@ -43,7 +42,7 @@ KDF_MAX_MEMORY = 1 << 30  # bytes; scrypt needs about 128 * n * r
 KDF_MAX_R = 32
 KDF_MAX_P = 16
 SALT_SIZE_RANGE = (16, 64)
-# A wrapped master-key blob is nonce + ciphertext of about 80 bytes + tag.
+# A wrapped master-key blob is a nonce, the 93-byte ciphertext of the key map, and a tag.
 WRAPPED_SIZE_RANGE = (NONCE_SIZE + TAG_SIZE + 1, 1024)
 
 
