@@ -13,6 +13,7 @@ import typer
 from casbak.cli import repo_cmd, restore_cmd, snapshot_cmd
 from casbak.cli import diff_cmd
 from casbak.cli import key_cmd
+from casbak.cli import verify_cmd
 from casbak.cli import dump_cmd, find_cmd, stats_cmd
 from casbak.cli import gc_cmd
 from casbak.cli.context import CliState, parse_options
@@ -85,6 +86,7 @@ snapshot_cmd.register(app)
 restore_cmd.register(app)
 diff_cmd.register(app)
 key_cmd.register(app)
+verify_cmd.register(app)
 gc_cmd.register(app)
 dump_cmd.register(app)
 stats_cmd.register(app)

@@ -114,7 +114,7 @@ def unlock(backend: Backend, password: bytes) -> tuple[str, MasterKeys]:
         except WrongPassword:
             continue
         except IntegrityError as exc:
-            log.error("key %s: skipped: %s", key_id, exc)
+            log.error("%s; trying the other key files", exc)
             damaged.append(f"{exc}")
     if len(damaged) == len(key_ids):
         raise CorruptObject(
