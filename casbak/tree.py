@@ -70,9 +70,14 @@ class Entry:
         if unknown:
             raise CorruptObject(f"tree entry: unknown fields {sorted(unknown)}")
         entry = cls(**wire)
-        entry.name = bytes(entry.name)
-        if entry.chunks is not None:
-            entry.chunks = [bytes(c) for c in entry.chunks]
+        # Type checks instead of bytes() conversions: bytes(2**40) of a forged integer
+        # would try to allocate a terabyte.
+        if not isinstance(entry.name, bytes):
+            raise CorruptObject(f"tree entry: name {entry.name!r:.40} is not a byte string")
+        if entry.chunks is not None and (
+            not isinstance(entry.chunks, list) or not all(isinstance(c, bytes) for c in entry.chunks)
+        ):
+            raise CorruptObject(f"entry {entry.name!r}: chunks is not a list of digests")
         _check_entry(entry)
         return entry
 

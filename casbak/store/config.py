@@ -65,7 +65,7 @@ class RepositoryConfig:
         try:
             body = msgpack.unpackb(data)
             version = int(body["version"])
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError, msgpack.UnpackException) as exc:
             raise CorruptObject(f"config: cannot be parsed ({exc})") from exc
         if version != REPOSITORY_VERSION:
             raise UnsupportedFormat(
@@ -89,7 +89,9 @@ class RepositoryConfig:
                 object_lock_days=int(body.get("object_lock", {}).get("days", 0)),
                 object_lock_mode=str(body.get("object_lock", {}).get("mode", "governance")),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        # OverflowError comes from int() of an infinite float, AttributeError from a
+        # field that should be a map but is not.
+        except (ValueError, KeyError, TypeError, OverflowError, AttributeError) as exc:
             raise CorruptObject(f"config: missing or invalid field ({exc})") from exc
 
 

@@ -21,7 +21,7 @@ import msgpack
 
 from casbak.errors import CorruptObject
 from casbak.store.objects import ROLE_INDEX, Sealer
-from casbak.store.packs import KINDS, PackEntry
+from casbak.store.packs import DIGEST_SIZE, KINDS, PackEntry, entry_from_wire
 
 INDEX_VERSION = 1
 
@@ -126,8 +126,13 @@ def decode_index(index_id: str, sealed: bytes, sealer: Sealer) -> list[PackInfo]
             kind = item["type"]
             if kind not in KINDS:
                 raise CorruptObject(f"{what}: unknown pack type {kind!r}")
-            entries = tuple(PackEntry(bytes(d), int(o), int(n), int(r)) for d, o, n, r in item["objects"])
-            packs.append(PackInfo(bytes(item["id"]).hex(), kind, int(item["size"]), entries))
+            pack_id, size = item["id"], item["size"]
+            if not isinstance(pack_id, bytes) or len(pack_id) != DIGEST_SIZE:
+                raise CorruptObject(f"{what}: a pack id is not {DIGEST_SIZE} bytes")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise CorruptObject(f"{what}: pack {pack_id.hex()[:12]} has an invalid size {size!r}")
+            entries = tuple(entry_from_wire(entry) for entry in item["objects"])
+            packs.append(PackInfo(pack_id.hex(), kind, size, entries))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise CorruptObject(f"{what}: cannot be parsed ({exc})") from exc
     return packs

@@ -120,6 +120,12 @@ class Sealer:
 def _decompress(body: bytes, expected_size: Optional[int], what: str) -> bytes:
     limit = expected_size if expected_size is not None else MAX_PLAINTEXT
     try:
+        # decompress() (python-zstandard 0.25) allocates the content size that the frame
+        # header declares, and applies max_output_size only to frames without one. So a
+        # forged header could make it raise MemoryError unless the size is checked first.
+        declared = zstandard.frame_content_size(body)
+        if declared > limit:
+            raise CorruptObject(f"{what}: zstd frame declares {declared} bytes, more than the {limit} expected")
         return zstandard.ZstdDecompressor().decompress(body, max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise CorruptObject(f"{what}: zstd frame is invalid ({exc})") from exc

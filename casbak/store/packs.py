@@ -27,6 +27,7 @@ KIND_DATA = "data"
 KIND_TREE = "tree"
 KINDS = (KIND_DATA, KIND_TREE)
 TRAILER = struct.Struct("<I")
+DIGEST_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,24 @@ def pack_path(kind: str, pack_id: str) -> str:
     return f"{kind}/{pack_id[:2]}/{pack_id}"
 
 
+def entry_from_wire(item: object) -> PackEntry:
+    """Build a PackEntry from its msgpack form [digest, offset, length, raw_length].
+
+    Raises ValueError on any other shape, for the caller to wrap in CorruptObject.
+    Plain bytes() and int() calls would accept forged values: bytes(2**40) allocates a
+    terabyte and int(float("inf")) raises OverflowError.
+    """
+    if not isinstance(item, (list, tuple)) or len(item) != 4:
+        raise ValueError("an object entry is not a list of 4 items")
+    digest, offset, length, raw_length = item
+    if not isinstance(digest, bytes) or len(digest) != DIGEST_SIZE:
+        raise ValueError(f"an object digest is not {DIGEST_SIZE} bytes")
+    for value in (offset, length, raw_length):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"object {digest.hex()[:12]}: offset and lengths must be non-negative integers")
+    return PackEntry(digest, offset, length, raw_length)
+
+
 def parse_pack_header(pack_id: str, tail: bytes, pack_size: int, sealer: Sealer) -> tuple[str, list[PackEntry]]:
     """Parse the header from the last bytes of a pack (tail must include the trailer).
 
@@ -90,7 +109,7 @@ def parse_pack_header(pack_id: str, tail: bytes, pack_size: int, sealer: Sealer)
     try:
         header = msgpack.unpackb(plain)
         kind = header["type"]
-        entries = [PackEntry(bytes(d), int(o), int(n), int(r)) for d, o, n, r in header["objects"]]
+        entries = [entry_from_wire(item) for item in header["objects"]]
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise CorruptObject(f"{what}: header cannot be parsed ({exc})") from exc
     if header.get("version") != PACK_VERSION or kind not in KINDS:
