@@ -275,3 +275,19 @@ def test_key_add_rejects_weak_kdf(encrypted, run, monkeypatch):
 
     assert code == 2
     assert "power of two" in err
+
+
+def test_insecure_repository_needs_no_password(repo_path, run, tmp_path):
+    code, _out, _err = run("-r", str(repo_path), "init", "--insecure-no-encryption", "--chunk-avg", "4")
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "readme.txt").write_bytes(b"stored in the clear")
+    snapshot_code, _out, _err = run("-r", str(repo_path), "snapshot", str(source))
+    list_code, out, _err = run("-r", str(repo_path), "--json", "snapshots")
+
+    assert code == 0
+    assert snapshot_code == 0
+    assert list_code == 0
+    assert len(json.loads(out)) == 1
+    assert (repo_path / "config").read_bytes()[2] == 0
+    assert not (repo_path / "keys").exists()
