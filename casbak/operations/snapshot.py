@@ -259,7 +259,9 @@ class _Archiver:
         self._pool.shutdown(wait=True)
 
     def _archive_virtual(self, name: bytes, path: bytes, trie: dict, parent_subtree: Optional[bytes]) -> _DirNode:
-        node = _DirNode(name, _lstat_or_none(path) if name else None)
+        # stat, not lstat: a symlink above a source is stored as the directory it leads to,
+        # and the link's own mode (0o777) would restore as a world-writable directory.
+        node = _DirNode(name, _stat_or_none(path) if name else None)
         parent_tree = self._parent_tree(parent_subtree)
         for child_name in sorted(trie):
             child = trie[child_name]
@@ -533,6 +535,13 @@ def _path_text(path: bytes) -> str:
 def _lstat_or_none(path: bytes) -> Optional[os.stat_result]:
     try:
         return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _stat_or_none(path: bytes) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
     except OSError:
         return None
 

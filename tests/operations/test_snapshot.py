@@ -335,6 +335,26 @@ def test_vanished_non_utf8_file_recorded(repository, tmp_path):
     assert [e["path"] for e in stored.errors] == [f"{source}/b-\\xff.jsonl"]
 
 
+def test_symlinked_ancestor_stored_as_its_directory(repository, tmp_path):
+    # The directories above a source are stored as directories, so a symlink among them
+    # must contribute its target's mode, not the link's own 0o777.
+    real = tmp_path / "real"
+    make_tree(real / "data", {"rows.jsonl": b"{}\n"})
+    real.chmod(0o750)
+    (tmp_path / "link").symlink_to(real)
+
+    result = create_snapshot(repository, [str(tmp_path / "link" / "data")])
+
+    entry = lookup_path(repository, result.manifest.tree, str(tmp_path / "link"))
+    assert entry.type == "dir"
+    assert entry.mode == 0o750
+    assert entry.mtime_ns == real.stat().st_mtime_ns
+    target = tmp_path / "target"
+    restore_snapshot(repository, result.manifest, str(target))
+    restored_link = target / str(tmp_path / "link").lstrip("/")
+    assert restored_link.stat().st_mode & 0o7777 == 0o750
+
+
 def run_as_nobody(script: str, *args: str) -> subprocess.CompletedProcess:
     """Run Python code that imports casbak as root, then drops to the nobody user.
 
