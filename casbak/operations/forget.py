@@ -18,7 +18,7 @@ import blake3
 import msgpack
 
 from casbak.catalog import load_manifests, resolve_snapshot
-from casbak.errors import UsageError
+from casbak.errors import StorageError, UsageError
 from casbak.manifest import Manifest
 from casbak.operations.retention import Decision, RetentionPolicy, apply_policy
 from casbak.store.backend import Backend
@@ -147,18 +147,22 @@ def delete_or_retain(backend: Backend, name: str) -> Optional[str]:
     """Delete one stored file; return a description when the storage rejects the delete.
 
     Object stores with retention (such as S3 Object Lock) raise PermissionError for a
-    delete before the retain-until date. That is expected, so it is reported and not
-    fatal. Other OSErrors are reported the same way, because every caller stays
-    correct when a file it meant to delete remains.
+    delete before the retain-until date, which remote backends wrap in a StorageError.
+    That is expected, so it is reported and not fatal. Other OSErrors are reported the
+    same way, because every caller stays correct when a file it meant to delete
+    remains. Any other StorageError (such as retries running out) is raised.
     """
     try:
         backend.delete(name)
-    except PermissionError as exc:
-        until = getattr(exc, "retain_until", None)
-        detail = f"retained until {until}" if until else f"retained by the storage ({exc})"
-        log.warning("%s: not deleted: %s", name, detail)
-        return detail
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
+        rejection = _permission_error(exc)
+        if rejection is None and isinstance(exc, StorageError):
+            raise
+        if rejection is not None:
+            until = getattr(rejection, "retain_until", None)
+            detail = f"retained until {until}" if until else f"retained by the storage ({exc})"
+            log.warning("%s: not deleted: %s", name, detail)
+            return detail
         # Every caller stays correct when the file remains (docs/gc.md), and the next gc retries.
         detail = f"delete failed ({exc}); the next gc tries again"
         log.error("%s: not deleted: %s", name, detail)
@@ -166,17 +170,30 @@ def delete_or_retain(backend: Backend, name: str) -> Optional[str]:
     return None
 
 
+def _permission_error(error: BaseException) -> Optional[PermissionError]:
+    # Object-store backends wrap the PermissionError of an access-denied delete in a
+    # StorageError, so the cause chain is searched too.
+    current: Optional[BaseException] = error
+    for _ in range(8):
+        if current is None:
+            return None
+        if isinstance(current, PermissionError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class _ExclusiveLockScope:
     """Context manager that yields the caller's lock or takes and releases an exclusive one."""
 
     def __init__(self, repository: Repository, lock: Optional[RepositoryLock], settings: Optional[LockSettings], skip: bool = False) -> None:
-        self._given = lock
+        self._caller_lock = lock
         self._own = None if lock is not None or skip else RepositoryLock(repository, EXCLUSIVE, "forget", settings, remove_stale=True)
 
     def __enter__(self) -> RepositoryLock:
         if self._own is not None:
             return self._own.acquire()
-        return self._given  # type: ignore[return-value]
+        return self._caller_lock  # type: ignore[return-value]
 
     def __exit__(self, *exc_info: object) -> None:
         if self._own is not None:

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from casbak.catalog import load_manifest, load_manifests
-from casbak.errors import IntegrityError, ObjectNotFound
+from casbak.errors import IntegrityError, ObjectNotFound, StorageError
 from casbak.operations.forget import FORGOTTEN_PREFIX, forget_by_ids, forget_by_policy
 from casbak.operations.prune import PruneOptions, plan_prune, run_gc
 from casbak.operations.restore import restore_snapshot
@@ -186,6 +186,39 @@ def test_damaged_manifest_stops_before_deleting(repository, tmp_path):
     assert stored(repository, "data") + stored(repository, "tree") == before
 
 
+class FailingDeletes:
+    """Storage double whose deletes of packs fail for good, as after exhausted retries."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def delete(self, name):
+        if name.startswith("data/"):
+            raise StorageError(f"delete of {name} failed: gave up after 5 attempts")
+        self._backend.delete(name)
+
+    def __getattr__(self, attribute):
+        return getattr(self._backend, attribute)
+
+
+def test_storage_failure_stops_gc_safely(repository, tmp_path):
+    source = tmp_path / "src"
+    snapshot_of(repository, source, {"gone.bin": os.urandom(20_000)})
+    last = snapshot_of(repository, source, {"keep.bin": b"kept content"})
+    repository.backend = FailingDeletes(repository.backend)
+
+    with pytest.raises(StorageError):
+        run_gc(repository, RetentionPolicy(last=1))
+
+    survivor = reopen(repository)
+    remove_stale_locks(survivor, remove_all=True)
+    assert_restores(survivor, {last: {"keep.bin": b"kept content"}}, source, tmp_path)
+    # The failed run may have deleted the tree pack before it reached the data pack.
+    report = run_gc(survivor)
+    assert report.prune.unindexed_packs_deleted in (1, 2)
+    assert run_gc(survivor).prune.unindexed_packs_deleted == 0
+
+
 class RecordingBackend:
     """Storage double that records every write and delete in order."""
 
@@ -257,30 +290,41 @@ def test_gc_dry_run_changes_nothing(repository, tmp_path):
 class RetainingBackend:
     """Storage double that rejects deletes as S3 Object Lock does before retain-until."""
 
-    def __init__(self, backend, prefixes):
+    def __init__(self, backend, prefixes, wrapped=False):
         self._backend = backend
         self._prefixes = prefixes
+        self._wrapped = wrapped
 
     def delete(self, name):
-        if name.startswith(self._prefixes):
-            error = PermissionError(f"test double: {name} is under retention")
-            error.retain_until = "2030-01-01T00:00:00Z"
+        if not name.startswith(self._prefixes):
+            self._backend.delete(name)
+            return
+        error = PermissionError(f"test double: {name} is under retention")
+        error.retain_until = "2030-01-01T00:00:00Z"
+        if not self._wrapped:
             raise error
-        self._backend.delete(name)
+        # Remote backends report the rejection as a StorageError caused by it.
+        try:
+            raise error
+        except PermissionError as cause:
+            raise StorageError(f"delete of {name} failed: access denied") from cause
 
     def __getattr__(self, attribute):
         return getattr(self._backend, attribute)
 
 
-@pytest.mark.parametrize("prefixes", [("data/", "tree/"), ("index/",), ("snapshots/", "data/", "tree/", "index/")])
-def test_retained_deletes_are_reported(repository, tmp_path, prefixes):
+@pytest.mark.parametrize(
+    "prefixes, wrapped",
+    [(("data/", "tree/"), False), (("index/",), False), (("snapshots/", "data/", "tree/", "index/"), False), (("data/",), True)],
+)
+def test_retained_deletes_are_reported(repository, tmp_path, prefixes, wrapped):
     source = tmp_path / "src"
     keep_data = os.urandom(20_000)
     snapshot_of(repository, source, {"keep.bin": keep_data, "drop.bin": os.urandom(20_000)})
     snapshot_of(repository, source, {"gone.bin": os.urandom(20_000)})
     last = snapshot_of(repository, source, {"keep.bin": keep_data})
     original = repository.backend
-    repository.backend = RetainingBackend(original, prefixes)
+    repository.backend = RetainingBackend(original, prefixes, wrapped)
 
     report = run_gc(repository, RetentionPolicy(last=1))
 
