@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from casbak.catalog import load_manifest, lookup_path
 from casbak.cli.main import app, hoist_global_options
-from casbak.errors import EXIT_INTEGRITY, RepositoryLocked, UsageError
+from casbak.errors import EXIT_INTEGRITY, RepositoryLocked, SnapshotNotFound, UsageError
 from casbak.manifest import Manifest
 from casbak.operations.restore import restore_snapshot
 from casbak.operations.snapshot import create_snapshot
@@ -30,6 +30,7 @@ from casbak.operations.verify.findings import (
     PACK_SIZE_MISMATCH,
     PACK_UNREFERENCED,
     RESTORE_FAILED,
+    TREE_DAMAGED,
 )
 from casbak.store.index import decode_index
 from casbak.store.locks import EXCLUSIVE, RepositoryLock
@@ -171,6 +172,25 @@ def test_flipped_bit_in_data_pack(two_sources):
     assert damaged.pack == location.pack_id
     assert (two_sources["a"].id, str(path)) in affected_pairs(damaged)
     assert all(item.snapshot == two_sources["a"].id for item in damaged.affected)
+    assert_restores(repository, two_sources["b"], two_sources["second"], two_sources["second_spec"], two_sources["first"].parent / "out")
+
+
+def test_flipped_bit_in_tree_pack(two_sources):
+    repository = two_sources["repository"]
+    directory = two_sources["first"] / "sub"
+    subtree = lookup_path(repository, two_sources["a"].tree, str(directory)).subtree
+    location = repository.index.lookup(subtree)
+    target = pack_file(repository, "tree", location.pack_id)
+    content = bytearray(target.read_bytes())
+    content[location.offset + location.length // 2] ^= 0x04
+    target.write_bytes(bytes(content))
+
+    result = verify_repository(reopen(repository))
+
+    finding = only(result, TREE_DAMAGED)
+    assert finding.object == subtree.hex()
+    assert finding.pack == location.pack_id
+    assert affected_pairs(finding) == {(two_sources["a"].id, str(directory))}
     assert_restores(repository, two_sources["b"], two_sources["second"], two_sources["second_spec"], two_sources["first"].parent / "out")
 
 
@@ -347,6 +367,13 @@ def test_restore_drill_fails_after_chunk_damage(two_sources, tmp_path):
     assert not result.ok
     assert only(result, RESTORE_FAILED).snapshot == two_sources["a"].id
     assert list(drills.iterdir()) == []
+
+
+def test_restore_drill_unknown_snapshot_rejected(two_sources):
+    repository = reopen(two_sources["repository"])
+
+    with pytest.raises(SnapshotNotFound):
+        verify_repository(repository, VerifyOptions(restore_drill="ffffffff"))
 
 
 def test_restore_drill_reports_altered_file(two_sources, tmp_path, monkeypatch):

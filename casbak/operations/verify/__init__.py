@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from casbak.catalog import resolve_snapshot
 from casbak.operations.verify.data import Subset, parse_subset, read_packs
 from casbak.operations.verify.drill import run_restore_drill
 from casbak.operations.verify.findings import Affected, DrillStats, Finding, VerifyResult, VerifyStats
@@ -86,10 +87,12 @@ def verify_repository(repository: Repository, options: VerifyOptions = VerifyOpt
 
 def _verify(repository: Repository, options: VerifyOptions) -> VerifyResult:
     started = time.monotonic()
+    # An unknown drill snapshot is a usage error, reported before any slow check runs.
+    drill_manifest = resolve_snapshot(repository, options.restore_drill) if options.restore_drill else None
     result = VerifyResult()
     state = RepositoryState()
 
-    load_index_files(repository, state, result)
+    load_index_files(repository, state, result, options.workers)
     check_packs(repository, state, result, options.workers)
     if options.read_data or options.subset is not None:
         read_packs(repository, state, result, options.subset, options.workers)
@@ -102,8 +105,8 @@ def _verify(repository: Repository, options: VerifyOptions) -> VerifyResult:
     for manifest in state.manifests:
         checker.check_snapshot(manifest)
 
-    if options.restore_drill is not None:
-        run_restore_drill(repository, options.restore_drill, result, options.drill_dir)
+    if drill_manifest is not None:
+        run_restore_drill(repository, drill_manifest, result, options.drill_dir)
 
     result.stats.duration_seconds = time.monotonic() - started
     _log_summary(result)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Optional
 
-from casbak.catalog import resolve_snapshot, walk
+from casbak.catalog import walk
 from casbak.errors import IntegrityError, RestoreError
 from casbak.manifest import Manifest
 from casbak.operations.restore import restore_snapshot
@@ -30,11 +30,10 @@ READ_BLOCK = 1024 * 1024
 
 
 def run_restore_drill(
-    repository: Repository, selector: str, result: VerifyResult, work_dir: Optional[str] = None
+    repository: Repository, manifest: Manifest, result: VerifyResult, work_dir: Optional[str] = None
 ) -> DrillStats:
-    """Restore the snapshot `selector` into a fresh temporary directory under `work_dir`
-    (the system default when None), compare every file, and remove the directory again."""
-    manifest = resolve_snapshot(repository, selector)
+    """Restore a snapshot into a fresh temporary directory under `work_dir` (the system
+    default when None), compare every file, and remove the directory again."""
     stats = DrillStats(snapshot=manifest.id)
     started = time.monotonic()
     target = tempfile.mkdtemp(prefix="casbak-drill-", dir=work_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import blake3
 import msgpack
@@ -62,27 +62,43 @@ class RepositoryState:
         return location is not None and location.pack_id == pack_id
 
 
-def load_index_files(repository: Repository, state: RepositoryState, result: VerifyResult) -> None:
+def load_index_files(repository: Repository, state: RepositoryState, result: VerifyResult, workers: int) -> None:
     """Decode every index file on its own, so that each damaged one is reported by name."""
     names = repository.backend.list("index")
     result.stats.index_files = len(names)
-    for name in names:
-        index_id = name.split("/", 1)[1]
-        try:
-            packs = decode_index(index_id, repository.backend.read(name), repository.sealer)
-        except IntegrityError as exc:
-            result.stats.index_files_damaged += 1
-            result.errors.append(
-                Finding(INDEX_DAMAGED, f"{exc}; the packs it names are reported as unreferenced", index=index_id)
-            )
-            continue
-        for pack in packs:
-            state.index.add_pack(pack)
-            # Several index files may name one pack after an interrupted run; the first wins,
-            # as it does in Index.add_pack.
-            state.packs.setdefault(pack.pack_id, pack)
+    # Reads run in parallel, while decoding and merging stay in this thread in listing order.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for name, stored in zip(names, pool.map(lambda name: _read_or_error(repository, name), names)):
+            _add_index_file(repository, state, result, name, stored)
     result.stats.packs_indexed = len(state.packs)
     result.stats.objects_indexed = len(state.index)
+
+
+def _read_or_error(repository: Repository, name: str) -> Union[bytes, IntegrityError]:
+    try:
+        return repository.backend.read(name)
+    except IntegrityError as exc:
+        return exc
+
+
+def _add_index_file(
+    repository: Repository, state: RepositoryState, result: VerifyResult, name: str, stored: Union[bytes, IntegrityError]
+) -> None:
+    index_id = name.split("/", 1)[1]
+    try:
+        if isinstance(stored, IntegrityError):
+            raise stored
+        packs = decode_index(index_id, stored, repository.sealer)
+    except IntegrityError as exc:
+        result.stats.index_files_damaged += 1
+        message = f"{exc}; the packs it names are reported as unreferenced"
+        result.errors.append(Finding(INDEX_DAMAGED, message, index=index_id))
+        return
+    for pack in packs:
+        state.index.add_pack(pack)
+        # Several index files may name one pack after an interrupted run. The first one
+        # wins, as it does in Index.add_pack.
+        state.packs.setdefault(pack.pack_id, pack)
 
 
 def check_packs(repository: Repository, state: RepositoryState, result: VerifyResult, workers: int) -> None:
