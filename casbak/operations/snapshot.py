@@ -547,10 +547,14 @@ def _stat_or_none(path: bytes) -> Optional[os.stat_result]:
 
 
 def _open_for_reading(path: bytes) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    # O_NONBLOCK: a file replaced by a FIFO after the walk would otherwise block open()
+    # until some writer appears. It is cleared again before anything is read.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         # O_NOATIME keeps backups from touching access times; only the owner or root may use it.
-        return os.open(path, flags | getattr(os, "O_NOATIME", 0))
+        fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
     except PermissionError:
-        return os.open(path, flags)
+        fd = os.open(path, flags)
+    os.set_blocking(fd, True)
+    return fd
 

@@ -355,6 +355,48 @@ def test_symlinked_ancestor_stored_as_its_directory(repository, tmp_path):
     assert restored_link.stat().st_mode & 0o7777 == 0o750
 
 
+class FifoDuringWalk(DeleteDuringWalk):
+    """Like DeleteDuringWalk, but replace `victim` with a FIFO instead of deleting it."""
+
+    def file_done(self, path: bytes, size: int, read: bool) -> None:
+        if not read and path.endswith(self.marker):
+            self.victim.unlink()
+            os.mkfifo(self.victim)
+            self.walker_passed.set()
+
+
+def test_file_replaced_by_fifo_not_blocking(repository, tmp_path):
+    # Opening a FIFO for reading blocks until a writer appears, so the reader must not
+    # wait for one when a regular file turns into a FIFO after the walk.
+    source = tmp_path / "source"
+    make_tree(source, {"c-unchanged.txt": b"kept"})
+    create_snapshot(repository, [str(source)])
+    make_tree(source, {"a-slow.bin": os.urandom(50_000), "b-victim.jsonl": b"soon a fifo"})
+    victim = source / "b-victim.jsonl"
+    progress = FifoDuringWalk(victim, b"c-unchanged.txt")
+    finished = threading.Event()
+    rescued = []
+
+    def unblock_reader() -> None:
+        # A writer that opens and closes the FIFO ends a blocked open() with EOF.
+        if not finished.wait(timeout=15):
+            rescued.append(True)
+            fd = os.open(victim, os.O_WRONLY)
+            os.close(fd)
+
+    watchdog = threading.Thread(target=unblock_reader, daemon=True)
+    watchdog.start()
+    try:
+        result = create_snapshot(repository, [str(source)], progress=progress, reader_threads=1)
+    finally:
+        finished.set()
+        watchdog.join()
+
+    assert rescued == []
+    assert [e["path"] for e in result.manifest.errors] == [str(victim)]
+    assert "no longer a regular file" in result.manifest.errors[0]["error"]
+
+
 def run_as_nobody(script: str, *args: str) -> subprocess.CompletedProcess:
     """Run Python code that imports casbak as root, then drops to the nobody user.
 
