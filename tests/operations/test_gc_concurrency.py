@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -184,7 +183,7 @@ def read_every_indexed_object(repository: Repository) -> int:
 def test_gc_loop_with_three_writers(tmp_path):
     repo = tmp_path / "repo"
     new_repository(repo)
-    deadline = time.time() + 20
+    deadline = time.time() + 16
     writers = {}
     for number in range(3):
         source = tmp_path / f"writer{number}" / "data"

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import msgpack
 import pytest
 
-from casbak.catalog import load_manifest, load_manifests
+from casbak.catalog import load_manifest, load_manifests, walk
 from casbak.errors import IntegrityError, ObjectNotFound, StorageError
 from casbak.operations.forget import FORGOTTEN_PREFIX, forget_by_ids, forget_by_policy
-from casbak.operations.prune import PruneOptions, plan_prune, run_gc
+from casbak.operations.prune import PruneOptions, run_gc
 from casbak.operations.restore import restore_snapshot
 from casbak.operations.retention import RetentionPolicy
 from casbak.operations.snapshot import create_snapshot
 from casbak.store.locks import list_locks, remove_stale_locks
 from casbak.store.repository import Repository
 from tests.conftest import FAST_KDF, PASSWORD, make_tree, read_tree, small_config
+from tests.servers import moto_server  # noqa: F401 - fixture
 
 
 def snapshot_of(repository, source, spec) -> str:
@@ -421,8 +425,6 @@ def test_gc_interrupted_at_every_step_leaves_valid_repository(tmp_path):
 
 
 def _entries(repository, snapshot_id):
-    from casbak.catalog import walk
-
     manifest = load_manifest(repository, snapshot_id)
     return [entry for _path, entry in walk(repository, manifest.tree)]
 
@@ -432,3 +434,79 @@ def _walk_all(repository, snapshot_id) -> None:
     for entry in _entries(repository, snapshot_id):
         for digest in entry.chunks or []:
             repository.get(digest)
+
+
+def test_gc_on_memory_repository(memory_repository, tmp_path):
+    source = tmp_path / "src"
+    keep_data = os.urandom(20_000)
+    snapshot_of(memory_repository, source, {"keep.bin": keep_data, "drop.bin": os.urandom(20_000)})
+    last = snapshot_of(memory_repository, source, {"keep.bin": keep_data})
+
+    report = run_gc(memory_repository, RetentionPolicy(last=1))
+
+    assert report.prune.packs_repacked == 1
+    assert_restores(Repository.open(memory_repository.backend.url), {last: {"keep.bin": keep_data}}, source, tmp_path)
+
+
+@pytest.mark.parametrize("object_lock", [False, True])
+def test_gc_on_s3_repository(moto_server, tmp_path, object_lock):
+    bucket = moto_server.new_bucket(object_lock=object_lock)
+    url = f"s3://{bucket}/gc"
+    options = {"endpoint_url": moto_server.endpoint, "skip_instance_cache": True}
+    changes = {"object_lock_days": 3, "object_lock_mode": "governance"} if object_lock else {}
+    Repository.init(url, PASSWORD, config=small_config(**changes), kdf=FAST_KDF, options=options)
+    repository = Repository.open(url, PASSWORD, options)
+    source = tmp_path / "src"
+    keep_data = os.urandom(20_000)
+    snapshot_of(repository, source, {"keep.bin": keep_data, "drop.bin": os.urandom(20_000)})
+    snapshot_of(repository, source, {"gone.bin": os.urandom(20_000)})
+    last = snapshot_of(repository, source, {"keep.bin": keep_data})
+
+    report = run_gc(repository, RetentionPolicy(last=1))
+
+    # With Object Lock a plain delete only adds a delete marker, so it succeeds too.
+    assert report.forget.retained == []
+    assert report.prune.retained == []
+    assert report.prune.packs_repacked == 1
+    reopened = Repository.open(url, PASSWORD, options)
+    assert reopened.list_snapshot_ids() == [last]
+    assert_restores(reopened, {last: {"keep.bin": keep_data}}, source, tmp_path)
+    assert list_locks(reopened) == []
+    again = run_gc(reopened, RetentionPolicy(last=1))
+    assert again.prune.packs_deleted == again.prune.packs_repacked == again.prune.unindexed_packs_deleted == 0
+
+
+def run_cli(repo_path, *args):
+    env = {**os.environ, "CASBAK_PASSWORD": PASSWORD.decode()}
+    return subprocess.run(
+        [sys.executable, "-c", "from casbak.cli.main import main; main()", "--repo", str(repo_path), *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+
+
+def test_cli_forget_dry_run_and_gc_json(repository, repo_path, tmp_path):
+    source = tmp_path / "src"
+    ids = [snapshot_of(repository, source, {"n.txt": str(n).encode() * 5000}) for n in range(3)]
+
+    dry = run_cli(repo_path, "forget", "--keep-last", "1", "--keep-tag", "none", "--dry-run")
+
+    assert dry.returncode == 0, dry.stderr
+    assert f"keep   {ids[2][:12]}" in dry.stdout
+    assert "[last]" in dry.stdout
+    assert f"remove {ids[0][:12]}" in dry.stdout
+    assert "would remove 2 of 3 snapshots" in dry.stdout
+    assert sorted(repository.list_snapshot_ids()) == sorted(ids)
+
+    result = run_cli(repo_path, "--json", "gc", "--keep-last", "1", "--max-unused", "0%")
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert sorted(report["forget"]["removed"]) == sorted(ids[:2])
+    assert report["forget"]["forget_record"].startswith("forgotten/")
+    assert report["prune"]["packs_deleted"] >= 2
+    assert report["prune"]["bytes_freed"] > 0
+    assert repository.list_snapshot_ids() == [ids[2]]
+
+    invalid = run_cli(repo_path, "gc", "--max-unused", "lots")
+    assert invalid.returncode == 2
+    assert "--max-unused" in invalid.stderr
