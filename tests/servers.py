@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ AWS_TEST_ENVIRONMENT = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-# gcsfs 2026.x probes every bucket over gRPC unless this is false; the emulator has no
+# gcsfs 2026.x probes every bucket over gRPC unless this is false. The emulator has no
 # gRPC service, so each first access would wait 60 s for the probe to time out.
 GCS_TEST_ENVIRONMENT = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
@@ -143,9 +144,9 @@ def subprocess_environment(extra: dict[str, str]) -> dict[str, str]:
 class FaultPlan:
     """Shares (0..1) of requests that the proxy fails instead of forwarding."""
 
-    server_error: float = 0.0  # answered with 503 SlowDown or 500 InternalError
+    server_error: float = 0.0  # returns 503 SlowDown or 500 InternalError
     reset_before: float = 0.0  # connection dropped before the request reaches the server
-    reset_after: float = 0.0  # request served, then the connection dropped without an answer
+    reset_after: float = 0.0  # request served, then the connection dropped without a response
     seed: int = 1
 
 
@@ -174,7 +175,7 @@ class FaultProxy:
     """A loopback HTTP reverse proxy that fails a share of requests on purpose.
 
     It serves at most `max_requests` requests and for at most `max_seconds`; past
-    either limit it answers 503 to everything, so a test that loops cannot run away.
+    either limit it returns 503 to every request, so a test that loops cannot run away.
     """
 
     def __init__(self, upstream: str, plan: FaultPlan, max_requests: int = 20000, max_seconds: float = 300.0) -> None:
@@ -325,3 +326,11 @@ def counting_proxy(moto_server) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+def run_cli(args: list[str], extra_environment: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run `casbak ARGS` in a child process with the test servers' credentials."""
+    command = [sys.executable, "-c", "from casbak.cli import main; main()", *args]
+    return subprocess.run(
+        command, env=subprocess_environment(extra_environment), capture_output=True, text=True, timeout=timeout
+    )

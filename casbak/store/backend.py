@@ -19,7 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from casbak.errors import ObjectNotFound, UsageError
 from casbak.store.objectlock import ObjectLock
-from casbak.store.retry import DEFAULT_POLICY, RetryPolicy, call_with_retry
+from casbak.store.retry import RetryPolicy, call_with_retry, policy_from_environment
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +128,13 @@ class FsspecBackend:
         self,
         url: str,
         options: Optional[dict[str, Any]] = None,
-        retry_policy: RetryPolicy = DEFAULT_POLICY,
+        retry_policy: Optional[RetryPolicy] = None,
     ) -> None:
         self.url = url
         self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         self.root = root.rstrip("/")
-        self.retry_policy = retry_policy
-        # Set by the repository when its config asks for S3 Object Lock retention.
+        self.retry_policy = retry_policy or policy_from_environment()
+        # Set by the repository when its config sets S3 Object Lock retention.
         self.object_lock: Optional[ObjectLock] = None
 
     def _path(self, name: str) -> str:

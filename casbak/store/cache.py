@@ -107,7 +107,11 @@ class MetadataCache:
         return sorted(found)
 
     def prune(self, prefix: str, keep: set[str]) -> int:
-        """Delete cached entries under `prefix` that are not in `keep`; return how many."""
+        """Delete cached entries under `prefix` that are not in `keep`; return how many.
+
+        NOTE: only index files and manifests are pruned. Tree packs that gc deleted
+        stay cached until the cache directory is removed.
+        """
         removed = 0
         for name in self.names(prefix):
             if name not in keep:

@@ -3,7 +3,7 @@
 With a retention set, S3 rejects deleting or overwriting that object version until
 the retain-until date passes, even for the credentials that wrote it (in governance
 mode a user with s3:BypassGovernanceRetention can still remove it; in compliance mode
-nobody can). A deleted locked object only gets a delete marker on top, and the locked
+no one can). A deleted locked object only gets a delete marker on top, and the locked
 version stays readable by version id. The bucket must have been created with Object
 Lock enabled, which also turns on versioning.
 """
@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from casbak.errors import UsageError
+from casbak.errors import StorageError, UsageError
+from casbak.store.retry import call_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,14 @@ def is_s3_url(url: str) -> bool:
 
 
 def apply_object_lock(backend: Any, days: int, mode: Optional[str]) -> None:
-    """Make `backend` write retention dates when the config asks for Object Lock."""
+    """Make `backend` write retention dates when the config sets Object Lock."""
     lock = object_lock_from_config(days, mode)
     if lock is None:
         return
     target = getattr(backend, "inner", backend)
     if not is_s3_url(backend.url) or not hasattr(target, "object_lock"):
         log.warning(
-            "repository %s asks for Object Lock, which only s3:// repositories support; "
+            "repository %s has Object Lock set, which only s3:// repositories support; "
             "new files are written without retention", backend.url,
         )
         return
@@ -87,13 +88,16 @@ def check_bucket_object_lock(backend: Any) -> None:
         )
     bucket = backend.root.split("/", 1)[0]
     try:
-        answer = backend.fs.call_s3("get_object_lock_configuration", Bucket=bucket)
-    except (OSError, ValueError) as exc:
+        configuration = call_with_retry(
+            lambda: backend.fs.call_s3("get_object_lock_configuration", Bucket=bucket),
+            "read", "the Object Lock configuration", backend.url,
+        )
+    except (OSError, ValueError, StorageError) as exc:
         raise UsageError(
             f"bucket {bucket}: Object Lock configuration could not be read ({exc}); "
             "create the bucket with Object Lock enabled (ObjectLockEnabledForBucket) or drop --object-lock-days"
         ) from exc
-    if answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+    if configuration.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
         raise UsageError(
             f"bucket {bucket}: Object Lock is not enabled; create the bucket with Object Lock enabled "
             "or drop --object-lock-days"

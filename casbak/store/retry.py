@@ -10,12 +10,13 @@ retry internally; this layer covers what they give up on, and it bounds the tota
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
-from casbak.errors import StorageError
+from casbak.errors import StorageError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ _TRANSIENT_CODES = frozenset(
 )
 
 # Exception classes of aiohttp, botocore, requests and fsspec that mean the request
-# never got a complete answer. They are matched by name so that this module does not
+# never got a complete response. They are matched by name so that this module does not
 # import every optional client library.
 _TRANSIENT_CLASS_NAMES = frozenset(
     {
@@ -75,6 +76,20 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
+
+
+def policy_from_environment() -> RetryPolicy:
+    """Return the default policy, with the attempt count from CASBAK_RETRIES when set."""
+    value = os.environ.get("CASBAK_RETRIES")
+    if not value:
+        return DEFAULT_POLICY
+    try:
+        attempts = int(value)
+    except ValueError:
+        raise UsageError(f"CASBAK_RETRIES={value!r}: expected a whole number of attempts, such as 6") from None
+    if attempts < 1:
+        raise UsageError(f"CASBAK_RETRIES={value!r}: must be at least 1 (1 means no retries)")
+    return RetryPolicy(attempts=attempts)
 
 
 def http_status(error: BaseException) -> Optional[int]:

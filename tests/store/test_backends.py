@@ -158,6 +158,7 @@ def test_s3_options_reach_s3fs(moto_server):
     assert backend.read("config") == b"c"
 
 
+@pytest.mark.slow
 def test_s3_large_write_uses_multipart_and_completes(moto_server, counting_proxy):
     url = f"s3://{moto_server.new_bucket()}/repo"
     backend = open_backend(url, {"endpoint_url": counting_proxy.endpoint, "skip_instance_cache": True})
