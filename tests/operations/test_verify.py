@@ -21,6 +21,8 @@ from casbak.operations.verify import VerifyOptions, VerifyResult, parse_subset, 
 from casbak.operations.verify.findings import (
     CHAIN_BROKEN,
     FILE_MISMATCH,
+    FINDING_KEYS,
+    FORGET_RECORD_DAMAGED,
     INDEX_DAMAGED,
     MANIFEST_ID_MISMATCH,
     OBJECT_DAMAGED,
@@ -330,6 +332,31 @@ def test_forget_record_excuses_missing_link(three_snapshots):
 
     assert result.ok, [f.to_dict() for f in result.errors]
     assert result.stats.forgotten_snapshots == 1
+
+
+def test_damaged_forget_record_excuses_nothing(three_snapshots):
+    repository, manifests, _sources = three_snapshots
+    garbage = repository.sealer.seal(msgpack.packb({"version": 1, "snapshots": "not a list"}))
+    record_id = blake3.blake3(garbage).hexdigest()
+    repository.backend.write(f"forgotten/{record_id}", garbage)
+    repository.backend.delete(f"snapshots/{manifests[1].id}")
+
+    result = verify_repository(reopen(repository))
+
+    assert only(result, FORGET_RECORD_DAMAGED).object == record_id
+    assert only(result, CHAIN_BROKEN).previous == manifests[1].id
+
+
+def test_json_findings_share_one_schema(three_snapshots):
+    repository, manifests, _sources = three_snapshots
+    repository.backend.delete(f"snapshots/{manifests[1].id}")
+
+    report = verify_repository(reopen(repository)).to_dict()
+
+    assert report["ok"] is False
+    assert set(report) == {"ok", "errors", "warnings", "stats", "drill"}
+    for error in report["errors"]:
+        assert set(error) == set(FINDING_KEYS) | {"affected_total"}
 
 
 # Restore drill
