@@ -105,8 +105,17 @@ class ObjectWriter:
         """Upload every open pack, wait for all uploads, and write the index of the rest.
 
         When flush() returns without an exception, every object put so far is stored
-        and indexed.
+        and indexed. When it raises, the packs that did upload are still indexed, so
+        the next run reuses them instead of uploading them again.
         """
+        try:
+            self._upload_open_packs()
+        except BaseException:
+            self._index_uploaded_quietly()
+            raise
+        self._write_index(force=True)
+
+    def _upload_open_packs(self) -> None:
         with self._idle:
             while self._in_flight:
                 self._idle.wait()
@@ -119,7 +128,12 @@ class ObjectWriter:
             while self._in_flight:
                 self._idle.wait()
         self._raise_pending_error()
-        self._write_index(force=True)
+
+    def _index_uploaded_quietly(self) -> None:
+        try:
+            self._write_index(force=True)
+        except Exception as exc:  # the error that stopped the flush is the one to report
+            log.warning("could not index the packs uploaded before the failure: %s", exc)
 
     def close(self) -> None:
         self._seal_pool.shutdown(wait=True)

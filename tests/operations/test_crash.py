@@ -21,6 +21,7 @@ from casbak.store.index import decode_index
 from casbak.store.packs import KIND_DATA
 from casbak.store.repository import Repository
 from tests.conftest import FAST_KDF, PASSWORD, make_tree, small_config
+from tests.store.test_writer import FailingAfterBackend, indexed_pack_names
 
 SOURCE_SIZE = 40 * 1024 * 1024
 PACK_SIZE = 256 * 1024
@@ -121,3 +122,30 @@ def test_killed_snapshot_is_recoverable(tmp_path):
     for name in sorted(os.listdir(source)):
         assert filecmp.cmp(source / name, target / name, shallow=False), name
     assert [m.id for m in load_manifests(survivor)] == [earlier.id, resumed.manifest.id]
+
+
+def test_failed_upload_keeps_uploaded_packs(tmp_path):
+    # A snapshot stopped by a failing pack upload writes no manifest but indexes every
+    # pack it did upload, and the next run stores only what is still missing.
+    repo = tmp_path / "repo"
+    Repository.init(str(repo), PASSWORD, config=small_config(), kdf=FAST_KDF)
+    source = tmp_path / "data"
+    write_random_files(source, 3 * 1024 * 1024, seed=12)
+    failing = Repository.open(FailingAfterBackend(str(repo), allowed=10), PASSWORD)
+
+    with pytest.raises(OSError):
+        create_snapshot(failing, [str(source)])
+
+    uploaded = set(failing.backend.list("data"))
+    assert len(uploaded) == 10
+    assert indexed_pack_names(failing) == uploaded
+    assert failing.backend.list("snapshots") == []
+    reusable = indexed_data_bytes(failing)
+    assert reusable > 0
+    healthy = Repository.open(str(repo), PASSWORD)
+    resumed = create_snapshot(healthy, [str(source)])
+    assert resumed.stats.data_added <= 3 * 1024 * 1024 - reusable + 512 * 1024
+    target = tmp_path / "restored"
+    restore_snapshot(healthy, resumed.manifest, str(target), str(source))
+    for name in sorted(os.listdir(source)):
+        assert filecmp.cmp(source / name, target / name, shallow=False), name

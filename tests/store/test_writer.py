@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from casbak.store.backend import LocalBackend
-from casbak.store.packs import KIND_DATA, KIND_TREE
+from casbak.store.index import decode_index
+from casbak.store.packs import KIND_DATA, KIND_TREE, pack_path
 from casbak.store.repository import Repository
 from tests.conftest import FAST_KDF, PASSWORD, SMALL_PACK, small_config
 
@@ -142,3 +144,49 @@ def test_upload_failure_raised_by_flush(repo_path):
     assert caught.value.errno == errno.ENOSPC
     assert repository.backend.list("index") == []
     assert repository.backend.list("data") == []
+
+
+class FailingAfterBackend(LocalBackend):
+    """A local backend whose data pack writes fail after the first `allowed` ones."""
+
+    def __init__(self, root: str, allowed: int) -> None:
+        super().__init__(root)
+        self.allowed = allowed
+        self.lock = threading.Lock()
+
+    def write(self, name: str, data: bytes) -> None:
+        if name.startswith("data/"):
+            with self.lock:
+                self.allowed -= 1
+                exhausted = self.allowed < 0
+            if exhausted:
+                raise OSError(errno.EIO, os.strerror(errno.EIO), name)
+        super().write(name, data)
+
+
+def indexed_pack_names(repository: Repository) -> set[str]:
+    names = set()
+    for name in repository.backend.list("index"):
+        for pack in decode_index(name.split("/", 1)[1], repository.backend.read(name), repository.sealer):
+            names.add(pack_path(pack.kind, pack.pack_id))
+    return names
+
+
+def test_failed_flush_indexes_uploaded_packs(repo_path):
+    # Packs uploaded before a failure must be indexed, so the next run reuses them.
+    Repository.init(str(repo_path), PASSWORD, config=small_config(), kdf=FAST_KDF)
+    backend = FailingAfterBackend(str(repo_path), allowed=5)
+    repository = Repository.open(backend, PASSWORD)
+
+    with repository.writer(upload_workers=1) as writer:
+        with pytest.raises(OSError):
+            for chunk in random_chunks(120, 8000):
+                writer.put(KIND_DATA, chunk)
+            writer.flush()
+        # What an interrupted snapshot does before it re-raises.
+        with pytest.raises(OSError):
+            writer.flush()
+
+    uploaded = set(repository.backend.list("data"))
+    assert len(uploaded) == 5
+    assert indexed_pack_names(repository) == uploaded
