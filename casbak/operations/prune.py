@@ -209,7 +209,7 @@ def mark_live_objects(repository: Repository, snapshot_ids: list[str]) -> set[by
         except IntegrityError as exc:
             raise IntegrityError(
                 f"prune stopped before deleting anything: {exc}; prune cannot tell which data this "
-                "snapshot needs. Remove it with `casbak forget` or check it with `casbak verify`"
+                "snapshot needs. Check the repository with `casbak verify`"
             ) from exc
         pending.append(manifest.tree)
     while pending:

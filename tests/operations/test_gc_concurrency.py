@@ -23,6 +23,7 @@ from casbak.operations.snapshot import create_snapshot
 from casbak.store.locks import list_locks
 from casbak.store.repository import Repository
 from tests.conftest import FAST_KDF, PASSWORD, make_tree, small_config
+from tests.operations.test_prune import assert_verify_clean
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,6 +224,7 @@ def test_gc_loop_with_three_writers(tmp_path):
         source, content_hash = expected[snapshot_id]
         assert restored_hash(repository, snapshot_id, source, tmp_path) == content_hash, snapshot_id[:12]
     assert read_every_indexed_object(repository) > 0
+    assert_verify_clean(repository, allow_warnings=False)
     assert list_locks(repository) == []
 
 
