@@ -148,6 +148,9 @@ class FaultPlan:
     reset_before: float = 0.0  # connection dropped before the request reaches the server
     reset_after: float = 0.0  # request served, then the connection dropped without a response
     seed: int = 1
+    # (method, text): requests with that method whose path and query contain the text
+    # always get a server error.
+    always_fail: Optional[tuple[str, str]] = None
 
 
 @dataclass
@@ -231,7 +234,11 @@ def _handler_for(proxy: FaultProxy) -> type:
 
         def _relay(self) -> None:
             body = self._read_body()
-            fault = proxy.choose_fault()
+            target = proxy.plan.always_fail
+            if target and self.command == target[0] and target[1] in self.path:
+                fault = "server_error"
+            else:
+                fault = proxy.choose_fault()
             if fault:
                 with proxy.log.lock:
                     proxy.log.faults[fault] += 1

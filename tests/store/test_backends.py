@@ -10,9 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casbak.errors import ObjectNotFound
+from casbak.cli.context import parse_options
+from casbak.errors import ObjectNotFound, StorageError
 from casbak.store.backend import FsspecBackend, LocalBackend, open_backend
-from tests.servers import counting_proxy, gcs_server, moto_server  # noqa: F401 - fixtures
+from casbak.store.retry import RetryPolicy
+from tests.servers import FaultPlan, FaultProxy, counting_proxy, gcs_server, moto_server  # noqa: F401 - fixtures
 
 KINDS = ["local", "memory", "s3", "gcs"]
 
@@ -146,15 +148,22 @@ def test_range_read_matches_slice(store, payload, data):
     assert backend.read("data/dd/range", start, end) == payload[start:end]
 
 
-def test_s3_options_reach_s3fs(moto_server):
+def test_s3_cli_options_reach_s3fs(moto_server):
     url = f"s3://{moto_server.new_bucket()}/repo"
-    options = {"endpoint_url": moto_server.endpoint, "client_kwargs": {"region_name": "us-east-1"}}
+    options = parse_options([
+        f"s3.endpoint_url={moto_server.endpoint}",
+        "s3.client_kwargs.region_name=us-east-1",
+        "s3.config_kwargs.connect_timeout=7",
+        "s3.skip_instance_cache=true",
+    ])
 
     backend = open_backend(url, options)
     backend.write("config", b"c")
 
     assert isinstance(backend, FsspecBackend)
+    assert backend.fs.endpoint_url == moto_server.endpoint
     assert backend.fs.client_kwargs == {"region_name": "us-east-1"}
+    assert backend.fs.config_kwargs == {"connect_timeout": 7}
     assert backend.read("config") == b"c"
 
 
@@ -171,3 +180,26 @@ def test_s3_large_write_uses_multipart_and_completes(moto_server, counting_proxy
     assert backend.size("data/ee/big") == len(payload)
     assert backend.read("data/ee/big", 60 * 1024 * 1024, 60 * 1024 * 1024 + 16) == payload[60 * 1024 * 1024 :][:16]
     assert fsspec.filesystem("s3", endpoint_url=moto_server.endpoint).exists(f"{url}/data/ee/big")
+
+
+@pytest.mark.slow
+def test_s3_failed_multipart_leaves_nothing(moto_server):
+    url = f"s3://{moto_server.new_bucket()}/repo"
+    # Every CompleteMultipartUpload request fails, and casbak makes a single attempt.
+    proxy = FaultProxy(moto_server.endpoint, FaultPlan(always_fail=("POST", "uploadId=")), max_requests=200).start()
+    try:
+        options = {"endpoint_url": proxy.endpoint, "config_kwargs": {"retries": {"max_attempts": 0}},
+                   "skip_instance_cache": True}
+        backend = FsspecBackend(url, options, RetryPolicy(attempts=1))
+        backend.fs.retries = 1
+
+        with pytest.raises(StorageError):
+            backend.write("data/ff/big", os.urandom(101 * 1024 * 1024))
+    finally:
+        proxy.stop()
+
+    direct = open_backend(url, {"endpoint_url": moto_server.endpoint})
+    assert not direct.exists("data/ff/big")
+    assert direct.list("data") == []
+    assert proxy.log.faults["server_error"] >= 1
+    assert proxy.log.count("PUT", "/data/ff/big") >= 2  # the parts were uploaded
