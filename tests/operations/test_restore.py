@@ -32,7 +32,9 @@ from tests.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKER, make_tree, read_tr
 SPECIAL_NAMES = [b"\xff\xfe.jsonl", b"caf\xc3\xa9.txt", b"-rf", b" space ", b".hidden", b"a" * 200]
 FILE_MODES = [0o600, 0o644, 0o755, 0o400, 0o4755]
 DIRECTORY_MODES = [0o755, 0o700, 0o500]
-MTIMES_NS = st.integers(min_value=0, max_value=4_000_000_000 * 10**9)
+# Signed 32-bit seconds (1901 to 2038) with nanoseconds: every common Linux file system
+# stores that range, and pre-1970 times exercise negative values.
+MTIMES_NS = st.integers(min_value=-(2**31 - 1) * 10**9, max_value=(2**31 - 1) * 10**9)
 
 names = st.one_of(
     st.sampled_from(SPECIAL_NAMES),
