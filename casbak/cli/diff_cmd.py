@@ -36,7 +36,13 @@ def diff_command(
         raise UsageError("--key is empty: give a record field name such as id")
     repository = state.open_repository()
     limits = RecordLimits(listed=listed, details=details)
-    result = diff(repository, old, new, path, records=records or bool(key), key=key, limits=limits)
+    # --stat prints counts only, so reading files for content diffs would be wasted work.
+    compare_content: Optional[bool] = None  # None: on for --key or a file PATH
+    if stat:
+        compare_content = False
+    elif records:
+        compare_content = True
+    result = diff(repository, old, new, path, records=compare_content, key=key, limits=limits)
     if state.json:
         state.emit_json(result_json(result, include_changes=not stat))
         return
@@ -86,7 +92,12 @@ def _change_note(change: Change) -> str:
             parts.append(f"{name} {_metadata_value(old, name)} -> {_metadata_value(new, name)}")
     if old is None or new is None:
         entry = new or old
-        parts.append(format_size(entry.size) if entry.type == FILE else entry.type)
+        if entry.type == FILE:
+            parts.append(format_size(entry.size))
+        elif entry.type == SYMLINK:
+            parts.append(f"symlink -> {display_path(entry.target)}")
+        else:
+            parts.append(entry.type)
     return f"  ({', '.join(parts)})" if parts else ""
 
 

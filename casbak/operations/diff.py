@@ -169,24 +169,27 @@ def diff_snapshots(
     new: Manifest,
     path: Optional[str] = None,
     *,
-    records: bool = False,
+    records: Optional[bool] = None,
     key: Optional[str] = None,
     limits: RecordLimits = RecordLimits(),
 ) -> DiffResult:
     """Compare two snapshots, optionally only below `path`.
 
-    With `records`, every modified file is also compared inside (records, config keys or
-    chunk ranges). A `key`, or a `path` that names a file in either snapshot, turns this on.
+    With `records` True, every modified file is also compared inside (records, config
+    keys or chunk ranges). With None, that happens when a `key` is given or `path` names
+    a file in either snapshot. False turns it off.
     """
     differ = TreeDiffer(repository)
     result = DiffResult(old, new, path)
-    records = records or key is not None
+    automatic = records is None
+    records = bool(records) or (automatic and key is not None)
     if path and split_path(path):
         old_entry = _lookup_or_none(repository, old.tree, path)
         new_entry = _lookup_or_none(repository, new.tree, path)
         if old_entry is None and new_entry is None:
             raise PathNotFound(f"path {path}: not found in snapshot {old.id[:12]} nor in {new.id[:12]}")
-        records = records or FILE in (getattr(old_entry, "type", None), getattr(new_entry, "type", None))
+        names_file = FILE in (getattr(old_entry, "type", None), getattr(new_entry, "type", None))
+        records = records or (automatic and names_file)
         changes = differ.diff_entries(b"/".join(split_path(path)), old_entry, new_entry)
     else:
         changes = differ.diff_trees(old.tree, new.tree)
@@ -240,11 +243,14 @@ def diff(
     a: SnapshotSelector,
     b: SnapshotSelector,
     path: Optional[str] = None,
-    records: bool = False,
+    records: Optional[bool] = None,
     key: Optional[str] = None,
     limits: RecordLimits = RecordLimits(),
 ) -> DiffResult:
     """Compare snapshot `a` (older) with `b` (newer); each is a Manifest or a selector.
+
+    `records` works as in `diff_snapshots`: None compares inside files when a `key` is
+    given or `path` names a file, True always, False never.
 
     Selectors are those of `casbak.catalog.resolve_snapshot`: an id, a unique id
     prefix, `latest`, `@YYYY-MM-DD` or `@YYYY-MM-DDTHH:MM`.

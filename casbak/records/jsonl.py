@@ -18,7 +18,7 @@ def iter_jsonl(open_stream: Opener, compressed: bool) -> Iterator[Any]:
             if not text:
                 continue
             try:
-                yield json.loads(text)
+                yield json.loads(text.decode("utf-8"))
             except ValueError:
                 # Keeping the text makes a broken line diff like any other record
                 # instead of aborting the comparison of a multi-gigabyte file.

@@ -122,6 +122,9 @@ def _match_by_key(read_old: RecordSource, read_new: RecordSource, key: str, limi
 
     new_namer = _KeyNamer(key)
     changed_names: list[tuple[str, int, int]] = []
+    # The new side of the first changed records is kept now, so only the old version
+    # needs a second read for details.
+    new_records: dict[int, Any] = {}
     for result.new_count, record in _numbered(read_new):
         name = new_namer.name(record)
         digest = record_digest(record)
@@ -141,6 +144,8 @@ def _match_by_key(read_old: RecordSource, read_new: RecordSource, key: str, limi
         old_digest, old_number = _unpack(packed)
         if old_digest != digest:
             result.changed += 1
+            if len(new_records) < limits.details:
+                new_records[result.new_count] = record
             if len(changed_names) < limits.listed:
                 changed_names.append((name, old_number, result.new_count))
             else:
@@ -156,7 +161,7 @@ def _match_by_key(read_old: RecordSource, read_new: RecordSource, key: str, limi
         result.removed += unkeyed_removed
         result.truncated = True
     result.changed_records = [RecordChange(_key_value(n), old, new) for n, old, new in changed_names]
-    _fill_details(read_old, read_new, result, limits)
+    _fill_details(read_old, new_records, result, limits)
     return result
 
 
@@ -167,22 +172,19 @@ def _append_capped(result: RecordDiff, target: list[RecordRef], ref: RecordRef, 
         result.truncated = True
 
 
-def _fill_details(read_old: RecordSource, read_new: RecordSource, result: RecordDiff, limits: RecordLimits) -> None:
-    """Re-read both versions once to collect the first changed records and name their changed fields."""
+def _fill_details(read_old: RecordSource, new_records: dict[int, Any], result: RecordDiff, limits: RecordLimits) -> None:
+    """Re-read the old version to collect the first changed records and name their changed fields."""
     chosen = result.changed_records[: limits.details]
     if len(result.changed_records) > limits.details:
         result.truncated = True
     if not chosen:
         return
-    old_numbers = {change.old_number for change in chosen}
-    new_numbers = {change.new_number for change in chosen}
-    old_records = _collect(read_old, old_numbers)
-    new_records = _collect(read_new, new_numbers)
+    old_records = _collect(read_old, {change.old_number for change in chosen})
     for change in chosen:
         old, new = old_records[change.old_number], new_records[change.new_number]
         change.fields = diff_values(old, new)
         change.swapped = swapped_fields(old, new, list(_changed_top_level(old, new)))
-    log.debug("re-read both versions for the details of %d changed records", len(chosen))
+    log.debug("re-read the old version for the details of %d changed records", len(chosen))
 
 
 def _collect(source: RecordSource, numbers: set[int]) -> dict[int, Any]:

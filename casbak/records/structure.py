@@ -33,9 +33,13 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+# One encoder for every record: json.dumps would build a new one per call.
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
 def canonical_json(value: Any) -> str:
     """Encode a value as JSON with sorted keys and no spaces, so equal records encode equally."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    return _CANONICAL_ENCODER.encode(value)
 
 
 def record_digest(value: Any) -> int:

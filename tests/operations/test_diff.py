@@ -245,6 +245,8 @@ def test_python_api_accepts_selectors(repository, tmp_path):
     assert [c.status for c in via_api.changes] == ["M"]
     assert via_api.new.id == result.new.id
     assert via_api.changes[0].content is not None  # a file path turns on content diffs
+    without_content = casbak.diff(repository, result.old, result.new, str(source / "x.txt"), records=False)
+    assert without_content.changes[0].content is None
 
 
 # Date selectors
