@@ -10,7 +10,7 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_USAGE = 2  # typer/click use 2 for invalid command-line usage
 EXIT_PARTIAL = 3  # snapshot written, but some sources could not be read
-EXIT_LOCKED = 4  # reserved for "repository locked by another run"
+EXIT_LOCKED = 4  # repository locked by another run (RepositoryLocked)
 EXIT_INTEGRITY = 5  # verify found damaged or missing data
 
 

@@ -267,7 +267,7 @@ def _choose_holders(plan: PrunePlan) -> None:
 def _classify(plan: PrunePlan, options: PruneOptions) -> None:
     for pack_id, info in plan.packs.items():
         if pack_id in plan.missing:
-            log.warning("pack %s is indexed but missing from the store; no snapshot needs its objects, so it is dropped from the index", pack_id[:12])
+            log.warning("pack %s is indexed but missing from the store; every needed object in it is also in another pack, so it is dropped from the index", pack_id[:12])
             continue
         total = sum(e.length for e in info.entries)
         used = sum(e.length for e in info.entries if plan.holder.get(e.digest) == pack_id)

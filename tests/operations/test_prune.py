@@ -228,6 +228,36 @@ def test_storage_failure_stops_gc_safely(repository, tmp_path):
     assert run_gc(survivor).prune.unindexed_packs_deleted == 0
 
 
+def test_missing_pack_with_needed_objects_stops_gc(repository, tmp_path):
+    source = tmp_path / "src"
+    snapshot_of(repository, source, {"old.bin": os.urandom(20_000)})
+    snapshot_of(repository, source, {"new.bin": os.urandom(20_000)})
+    # Both snapshots are kept, so every data pack holds objects that a snapshot needs.
+    repository.backend.delete(stored(repository, "data")[0])
+    before = stored(repository, "data") + stored(repository, "tree") + stored(repository, "index")
+
+    with pytest.raises(IntegrityError, match="in no stored pack"):
+        run_gc(repository)
+
+    assert stored(repository, "data") + stored(repository, "tree") + stored(repository, "index") == before
+
+
+def test_missing_unneeded_pack_is_dropped_from_index(repository, tmp_path):
+    source = tmp_path / "src"
+    first = snapshot_of(repository, source, {"old.bin": os.urandom(20_000)})
+    old_packs = stored(repository, "data")
+    last = snapshot_of(repository, source, {"new.bin": os.urandom(20_000)})
+    forget_by_ids(repository, [first])
+    repository.backend.delete(old_packs[0])
+
+    run_gc(repository)
+
+    reopened = reopen(repository)
+    indexed = {pack_id for pack_id, _kind, _size in reopened.index.packs()}
+    assert old_packs[0].rsplit("/", 1)[1] not in indexed
+    assert_restores(reopened, {last: read_tree(source)}, source, tmp_path)
+
+
 class RecordingBackend:
     """Storage double that records every write and delete in order."""
 
