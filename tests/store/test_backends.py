@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
+import blake3
 import fsspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,16 +15,18 @@ from hypothesis import strategies as st
 from casbak.cli.context import parse_options
 from casbak.errors import ObjectNotFound, StorageError
 from casbak.store.backend import FsspecBackend, LocalBackend, open_backend
+from casbak.store.cache import CachedBackend, MetadataCache
 from casbak.store.retry import RetryPolicy
 from tests.servers import FaultPlan, FaultProxy, counting_proxy, gcs_server, moto_server  # noqa: F401 - fixtures
 
-KINDS = ["local", "memory", "s3", "gcs"]
+# "cached" is a memory:// store behind the metadata cache that remote repositories use.
+KINDS = ["local", "memory", "cached", "s3", "gcs"]
 
 
 def _fresh_url_and_options(kind, request, tmp_path):
     if kind == "local":
         return str(tmp_path / "store"), {}
-    if kind == "memory":
+    if kind in ("memory", "cached"):
         return f"memory://casbak-conformance-{uuid.uuid4().hex}", {}
     if kind == "s3":
         server = request.getfixturevalue("moto_server")
@@ -35,7 +39,10 @@ def _fresh_url_and_options(kind, request, tmp_path):
 def store(request, tmp_path):
     """(backend, url, options) of an empty store of each kind."""
     url, options = _fresh_url_and_options(request.param, request, tmp_path)
-    return open_backend(url, options), url, options
+    backend = open_backend(url, options)
+    if request.param == "cached":
+        backend = CachedBackend(backend, MetadataCache(tmp_path / "cache"))
+    return backend, url, options
 
 
 def _second_client(url, options):
@@ -49,7 +56,7 @@ def _second_client(url, options):
 def test_open_backend_picks_class(store):
     backend, url, _options = store
     expected = LocalBackend if "://" not in url else FsspecBackend
-    assert isinstance(backend, expected)
+    assert isinstance(getattr(backend, "inner", backend), expected)
 
 
 def test_write_then_read_whole(store):
@@ -203,3 +210,77 @@ def test_s3_failed_multipart_leaves_nothing(moto_server):
     assert direct.list("data") == []
     assert proxy.log.faults["server_error"] >= 1
     assert proxy.log.count("PUT", "/data/ff/big") >= 2  # the parts were uploaded
+
+
+# The metadata cache over a memory:// store
+
+
+@pytest.fixture
+def cached_store(tmp_path):
+    inner = open_backend(f"memory://casbak-cache-{uuid.uuid4().hex}")
+    return CachedBackend(inner, MetadataCache(tmp_path / "cache")), inner
+
+
+def test_cached_range_reads_match_store(cached_store):
+    cached, inner = cached_store
+    payload = os.urandom(9000)
+    name = f"tree/aa/{blake3.blake3(payload).hexdigest()}"
+    inner.write(name, payload)
+
+    first = cached.read_cached(name, 100, 400)
+    second = cached.read_cached(name, 8000, 9000)
+
+    assert first == payload[100:400]
+    assert second == payload[8000:9000]
+    assert cached.cache.misses == 1
+    assert cached.cache.hits == 1
+
+
+def test_cache_skips_file_not_matching_name(cached_store, caplog):
+    cached, inner = cached_store
+    inner.write("index/" + "0" * 64, b"not the content its name promises")
+
+    with caplog.at_level(logging.WARNING, logger="casbak.store.cache"):
+        data = cached.read_cached("index/" + "0" * 64)
+
+    assert data == b"not the content its name promises"
+    assert cached.cache.names("index") == []
+    assert "does not match its name" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
+def test_damaged_cache_entry_is_refetched(cached_store, damage):
+    cached, _inner = cached_store
+    payload = os.urandom(3000)
+    name = f"index/{blake3.blake3(payload).hexdigest()}"
+    cached.write(name, payload)
+    entry = cached.cache.directory / name
+    stored = entry.read_bytes()
+    damaged = {"truncate": stored[:20], "flip": stored[:-1] + bytes([stored[-1] ^ 1]), "empty": b""}[damage]
+    entry.write_bytes(damaged)
+
+    data = cached.read_cached(name)
+
+    assert data == payload
+    assert entry.read_bytes() == stored
+
+
+def test_cache_delete_discards_entry(cached_store):
+    cached, inner = cached_store
+    payload = b"manifest bytes"
+    cached.write("snapshots/abc", payload)
+
+    cached.delete("snapshots/abc")
+
+    assert not inner.exists("snapshots/abc")
+    assert cached.cache.names("snapshots") == []
+
+
+def test_data_packs_are_not_cached(cached_store):
+    cached, inner = cached_store
+    payload = os.urandom(2000)
+    name = f"data/bb/{blake3.blake3(payload).hexdigest()}"
+    cached.write(name, payload)
+
+    assert cached.read_cached(name, 10, 20) == payload[10:20]
+    assert cached.cache.names("data") == []
