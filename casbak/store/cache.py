@@ -78,7 +78,9 @@ class MetadataCache:
         path = self._path(name)
         temporary = path.with_name(f".tmp-{secrets.token_hex(8)}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only, like the rest of a user's cache: manifests of an unencrypted
+            # repository are plaintext.
+            os.makedirs(path.parent, mode=0o700, exist_ok=True)
             with open(temporary, "wb") as handle:
                 handle.write(data)
                 handle.write(blake3.blake3(data).digest())
