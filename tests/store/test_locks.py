@@ -10,7 +10,12 @@ import time
 
 import pytest
 
+from casbak.catalog import load_manifest
 from casbak.errors import IntegrityError, RepositoryLocked
+from casbak.operations.progress import Progress
+from casbak.operations.prune import run_gc
+from casbak.operations.restore import restore_snapshot
+from casbak.operations.retention import RetentionPolicy
 from casbak.operations.snapshot import create_snapshot
 from casbak.store.locks import (
     EXCLUSIVE,
@@ -21,6 +26,7 @@ from casbak.store.locks import (
     list_locks,
     remove_stale_locks,
 )
+from casbak.store.repository import Repository
 from tests.conftest import PASSWORD, make_tree
 
 HOUR_NS = 3600 * 1_000_000_000
@@ -250,3 +256,72 @@ def test_cli_unlock_removes_only_stale_locks(repository, repo_path):
 
         assert result.returncode == 0, result.stderr
         assert list_locks(repository) == []
+
+
+class RemoveLocksOnFirstFile(Progress):
+    """Progress receiver that removes every lock while the snapshot runs, as `unlock --remove-all` would."""
+
+    def __init__(self, repository):
+        self.repository = repository
+        self.removed = False
+
+    def file_done(self, path, size, read):
+        if not self.removed:
+            self.removed = True
+            remove_stale_locks(self.repository, remove_all=True)
+
+
+def test_snapshot_with_lost_lock_writes_no_manifest(repository, tmp_path):
+    make_tree(tmp_path / "src", {"a.txt": b"hello", "b.txt": b"world"})
+    progress = RemoveLocksOnFirstFile(repository)
+
+    with pytest.raises(RepositoryLocked) as caught:
+        create_snapshot(repository, [str(tmp_path / "src")], progress=progress)
+
+    assert "lost" in str(caught.value)
+    assert progress.removed
+    assert repository.list_snapshot_ids() == []
+
+
+class SharedLockWithNewIndex:
+    """Storage double: a snapshot's lock appears while gc writes its new index files.
+
+    A correct snapshot cannot do this while gc holds its lock; the double stands for one
+    that wrongly judged the gc lock stale.
+    """
+
+    def __init__(self, backend, repository):
+        self._backend = backend
+        self._repository = repository
+        self.injected = False
+
+    def write(self, name, data):
+        self._backend.write(name, data)
+        if name.startswith("index/") and not self.injected:
+            self.injected = True
+            write_record(self._repository, SHARED, host="other-host", pid=1)
+
+    def __getattr__(self, attribute):
+        return getattr(self._backend, attribute)
+
+
+def test_gc_rechecks_locks_before_deleting(repository, tmp_path):
+    source = tmp_path / "src"
+    make_tree(source, {"a.bin": os.urandom(20_000)})
+    create_snapshot(repository, [str(source)])
+    (source / "a.bin").write_bytes(os.urandom(20_000))
+    last = create_snapshot(repository, [str(source)]).manifest.id
+    index_before = repository.backend.list("index")
+    double = SharedLockWithNewIndex(repository.backend, repository)
+    repository.backend = double
+
+    with pytest.raises(RepositoryLocked):
+        run_gc(repository, RetentionPolicy(last=1))
+
+    # The new index files were written, but nothing was deleted: every old index file is still there.
+    assert set(index_before) <= set(repository.backend.list("index"))
+    assert double.injected
+    remove_stale_locks(repository, remove_all=True)
+    reopened = Repository.open(str(repository.backend.url), PASSWORD)
+    restore_snapshot(reopened, load_manifest(reopened, last), str(tmp_path / "out"), str(source))
+    assert (tmp_path / "out" / "a.bin").read_bytes() == (source / "a.bin").read_bytes()
