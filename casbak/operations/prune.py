@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -185,10 +186,14 @@ def plan_prune(repository: Repository, options: PruneOptions, assume_forgotten: 
 def read_index_files(repository: Repository) -> dict[str, list[PackInfo]]:
     """Decode every index file; raise IntegrityError naming the first damaged one."""
     found = {}
-    for name in repository.backend.list(INDEX_PREFIX):
+    names = repository.backend.list(INDEX_PREFIX)
+    # Reads bypass the metadata cache: gc must see the store as it is now.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        blobs = list(pool.map(repository.backend.read, names))
+    for name, blob in zip(names, blobs):
         index_id = name.split("/", 1)[1]
         try:
-            found[name] = decode_index(index_id, repository.backend.read(name), repository.sealer)
+            found[name] = decode_index(index_id, blob, repository.sealer)
         except IntegrityError as exc:
             raise IntegrityError(
                 f"prune stopped before deleting anything: {exc}; its packs would look unused. "
