@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import blake3
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from casbak.catalog import load_manifest, lookup_path
@@ -38,7 +42,7 @@ from casbak.store.index import decode_index
 from casbak.store.locks import EXCLUSIVE, RepositoryLock
 from casbak.store.packs import pack_path
 from casbak.store.repository import Repository
-from tests.conftest import PASSWORD, make_tree, read_tree
+from tests.conftest import FAST_KDF, PASSWORD, make_tree, read_tree, small_config
 
 READ_DATA = VerifyOptions(read_data=True)
 
@@ -175,6 +179,22 @@ def test_flipped_bit_in_data_pack(two_sources):
     assert (two_sources["a"].id, str(path)) in affected_pairs(damaged)
     assert all(item.snapshot == two_sources["a"].id for item in damaged.affected)
     assert_restores(repository, two_sources["b"], two_sources["second"], two_sources["second_spec"], two_sources["first"].parent / "out")
+
+
+def test_damaged_object_version_byte(two_sources, tmp_path):
+    """A damaged format byte raises UnsupportedFormat, which verify must report, not raise."""
+    repository = two_sources["repository"]
+    digest, location = chunk_location(repository, two_sources["a"], two_sources["first"] / "a.bin")
+    target = pack_file(repository, "data", location.pack_id)
+    content = bytearray(target.read_bytes())
+    content[location.offset] ^= 0x01
+    target.write_bytes(bytes(content))
+
+    options = VerifyOptions(read_data=True, restore_drill=two_sources["a"].id, drill_dir=str(tmp_path))
+    result = verify_repository(reopen(repository), options)
+
+    assert only(result, OBJECT_DAMAGED).object == digest.hex()
+    assert only(result, RESTORE_FAILED).snapshot == two_sources["a"].id
 
 
 def test_flipped_bit_in_tree_pack(two_sources):
@@ -421,6 +441,48 @@ def test_restore_drill_reports_altered_file(two_sources, tmp_path, monkeypatch):
     finding = only(result, FILE_MISMATCH)
     assert finding.path == str(two_sources["second"] / "e.txt")
     assert "content hash" in finding.message
+
+
+# Random damage anywhere in the store
+
+
+@pytest.fixture(scope="module")
+def pristine_repository(tmp_path_factory):
+    """A small repository that examples copy before damaging, so each starts clean."""
+    root = tmp_path_factory.mktemp("pristine")
+    source = root / "source"
+    make_tree(source, {"a.bin": os.urandom(70_000), "sub": {"b.txt": b"reward model card\n" * 50}})
+    repository = Repository.init(str(root / "repo"), PASSWORD, config=small_config(), kdf=FAST_KDF)
+    create_snapshot(repository, [str(source)])
+    create_snapshot(repository, [str(source)], full_read=True)
+    return root / "repo"
+
+
+DAMAGEABLE = ("data/", "tree/", "index/", "snapshots/")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_damage_always_reported(pristine_repository, data):
+    names = sorted(
+        path.relative_to(pristine_repository).as_posix()
+        for path in pristine_repository.rglob("*")
+        if path.is_file() and path.relative_to(pristine_repository).as_posix().startswith(DAMAGEABLE)
+    )
+    victim = data.draw(st.sampled_from(names))
+    original = (pristine_repository / victim).read_bytes()
+    cut = data.draw(st.integers(min_value=0, max_value=len(original) - 1))
+    flip = data.draw(st.integers(min_value=1, max_value=255))
+    truncate = data.draw(st.booleans())
+    damaged = original[:cut] if truncate else original[:cut] + bytes([original[cut] ^ flip]) + original[cut + 1 :]
+
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "repo"
+        shutil.copytree(pristine_repository, copy)
+        (copy / victim).write_bytes(damaged)
+        result = verify_repository(Repository.open(str(copy), PASSWORD), READ_DATA)
+
+    assert not result.ok, victim
 
 
 # Locking

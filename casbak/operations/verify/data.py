@@ -17,7 +17,7 @@ from typing import Optional
 
 import blake3
 
-from casbak.errors import IntegrityError, ObjectNotFound, UsageError
+from casbak.errors import ObjectNotFound, UsageError
 from casbak.operations.verify.findings import (
     OBJECT_DAMAGED,
     PACK_HASH_MISMATCH,
@@ -26,7 +26,7 @@ from casbak.operations.verify.findings import (
     Finding,
     VerifyResult,
 )
-from casbak.operations.verify.objects import open_entry
+from casbak.operations.verify.objects import DAMAGE_ERRORS, open_entry
 from casbak.operations.verify.structure import RepositoryState
 from casbak.store.index import PackInfo
 from casbak.store.packs import PackEntry, pack_path, parse_pack_header
@@ -134,7 +134,7 @@ def _check_pack_name_and_header(repository: Repository, pack: PackInfo, data: by
         )
     try:
         kind, entries = parse_pack_header(pack_id, data, len(data), repository.sealer)
-    except IntegrityError as exc:
+    except DAMAGE_ERRORS as exc:
         report.findings.append(Finding(PACK_HEADER_DAMAGED, f"{exc}", pack=pack_id))
         return
     if kind != pack.kind or set(entries) != set(pack.entries):
@@ -154,7 +154,7 @@ def _check_object(
     report.objects_read += 1
     try:
         open_entry(repository, pack_id, entry, data[entry.offset : entry.offset + entry.length])
-    except IntegrityError as exc:
+    except DAMAGE_ERRORS as exc:
         finding = Finding(OBJECT_DAMAGED, f"{exc}", pack=pack_id, object=entry.digest.hex())
         report.findings.append(finding)
         if state.owns(pack_id, entry.digest):

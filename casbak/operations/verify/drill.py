@@ -17,10 +17,11 @@ import time
 from typing import Optional
 
 from casbak.catalog import walk
-from casbak.errors import IntegrityError, RestoreError
+from casbak.errors import RestoreError
 from casbak.manifest import Manifest
 from casbak.operations.restore import restore_snapshot
 from casbak.operations.verify.findings import FILE_MISMATCH, RESTORE_FAILED, DrillStats, Finding, VerifyResult
+from casbak.operations.verify.objects import DAMAGE_ERRORS
 from casbak.store.repository import Repository
 from casbak.tree import FILE, Entry
 
@@ -51,7 +52,7 @@ def run_restore_drill(
 def _restore(repository: Repository, manifest: Manifest, target: str, result: VerifyResult) -> bool:
     try:
         restore_snapshot(repository, manifest, target)
-    except (IntegrityError, RestoreError) as exc:
+    except (*DAMAGE_ERRORS, RestoreError) as exc:
         result.errors.append(Finding(RESTORE_FAILED, f"restore of snapshot {manifest.id[:12]} failed: {exc}", snapshot=manifest.id))
         return False
     return True
@@ -64,7 +65,7 @@ def _compare_files(
         for relative, entry in walk(repository, manifest.tree):
             if entry.type == FILE:
                 _compare_file(repository, manifest, target, relative, entry, restored, stats, result)
-    except IntegrityError as exc:
+    except DAMAGE_ERRORS as exc:
         # The restore has already failed on the same tree and reported it.
         if restored:
             result.errors.append(Finding(RESTORE_FAILED, f"listing snapshot {manifest.id[:12]} failed: {exc}", snapshot=manifest.id))

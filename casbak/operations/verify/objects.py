@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from casbak.errors import CorruptObject, ObjectNotFound
+from casbak.errors import CorruptObject, IntegrityError, ObjectNotFound, UnsupportedFormat
 from casbak.store.index import Index
 from casbak.store.packs import PackEntry, pack_path
 from casbak.store.repository import Repository
+
+# Errors that mean stored bytes are damaged. UnsupportedFormat belongs here because in a
+# repository this program opened, a sealed object with another format version byte has
+# been altered, not written by a newer casbak.
+DAMAGE_ERRORS = (IntegrityError, UnsupportedFormat)
 
 
 def read_object(repository: Repository, index: Index, digest: bytes) -> bytes:

@@ -28,6 +28,7 @@ from casbak.operations.verify.findings import (
     Finding,
     VerifyResult,
 )
+from casbak.operations.verify.objects import DAMAGE_ERRORS
 from casbak.store.index import Index, PackInfo, decode_index
 from casbak.store.objects import Sealer
 from casbak.store.packs import KINDS
@@ -89,7 +90,7 @@ def _add_index_file(
         if isinstance(stored, IntegrityError):
             raise stored
         packs = decode_index(index_id, stored, repository.sealer)
-    except IntegrityError as exc:
+    except DAMAGE_ERRORS as exc:
         result.stats.index_files_damaged += 1
         message = f"{exc}; the packs it names are reported as unreferenced"
         result.errors.append(Finding(INDEX_DAMAGED, message, index=index_id))
@@ -165,7 +166,7 @@ def load_forgotten_ids(repository: Repository, result: VerifyResult) -> set[str]
         record_id = name.split("/", 1)[1]
         try:
             ids = parse_forget_record(record_id, repository.backend.read(name), repository.sealer)
-        except IntegrityError as exc:
+        except DAMAGE_ERRORS as exc:
             message = f"{exc}; chain links to the snapshots it lists cannot be excused"
             result.errors.append(Finding(FORGET_RECORD_DAMAGED, message, object=record_id))
             continue
@@ -224,7 +225,7 @@ def _load_manifest(repository: Repository, snapshot_id: str, result: VerifyResul
     what = f"snapshot {snapshot_id[:12]}"
     try:
         plaintext = repository.sealer.open(repository.backend.read(f"{SNAPSHOTS_PREFIX}/{snapshot_id}"), what=what)
-    except IntegrityError as exc:
+    except DAMAGE_ERRORS as exc:
         result.errors.append(Finding(MANIFEST_DAMAGED, f"{exc}", snapshot=snapshot_id))
         return None
     if repository.hasher.digest(plaintext).hex() != snapshot_id:
@@ -238,7 +239,7 @@ def _load_manifest(repository: Repository, snapshot_id: str, result: VerifyResul
         return None
     try:
         manifest = Manifest.decode(plaintext, snapshot_id)
-    except IntegrityError as exc:
+    except DAMAGE_ERRORS as exc:
         result.errors.append(Finding(MANIFEST_DAMAGED, f"{exc}", snapshot=snapshot_id))
         return None
     if not isinstance(manifest.previous, (str, type(None))):

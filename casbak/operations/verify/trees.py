@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from casbak.errors import IntegrityError
 from casbak.manifest import Manifest
 from casbak.operations.verify.findings import OBJECT_MISSING, TREE_DAMAGED, Affected, Finding, VerifyResult
-from casbak.operations.verify.objects import read_object
+from casbak.operations.verify.objects import DAMAGE_ERRORS, read_object
 from casbak.operations.verify.structure import RepositoryState
 from casbak.store.repository import Repository
 from casbak.tree import DIRECTORY, FILE, Tree
@@ -68,7 +67,7 @@ class TreeChecker:
             return [(b"", digest)]
         try:
             tree = Tree.decode(read_object(self.repository, self.state.index, digest), what=f"tree {digest.hex()[:12]}")
-        except IntegrityError as exc:
+        except DAMAGE_ERRORS as exc:
             finding = Finding(TREE_DAMAGED, f"{exc}", object=digest.hex(), pack=self._pack_of(digest))
             self.result.errors.append(finding)
             self.state.mark_damaged(digest, finding)
