@@ -7,9 +7,9 @@ from casbak.store.index import Index
 from casbak.store.packs import PackEntry, pack_path
 from casbak.store.repository import Repository
 
-# Errors that mean stored bytes are damaged. UnsupportedFormat belongs here because in a
-# repository this program opened, a sealed object with another format version byte has
-# been altered, not written by a newer casbak.
+# Errors that mean stored bytes are damaged. UnsupportedFormat belongs here because the
+# repository's format version was accepted at open, so a sealed object with another
+# format version byte is most likely altered rather than written by a newer casbak.
 DAMAGE_ERRORS = (IntegrityError, UnsupportedFormat)
 
 
