@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from casbak.errors import PasswordMissing, UsageError
+from casbak.store.cache import detach_cache
 from casbak.store.repository import Repository
 
 
@@ -24,6 +25,7 @@ class CliState:
     json: bool = False
     quiet: bool = False
     verbose: int = 0
+    no_cache: bool = False
 
     def require_repo(self) -> str:
         if not self.repo:
@@ -48,11 +50,14 @@ class CliState:
     def open_repository(self) -> Repository:
         location = self.require_repo()
         try:
-            return Repository.open(location, self.password(required=False), self.options)
+            repository = Repository.open(location, self.password(required=False), self.options)
         except PasswordMissing:
             if not sys.stdin.isatty():
                 raise
-            return Repository.open(location, self.password(required=True), self.options)
+            repository = Repository.open(location, self.password(required=True), self.options)
+        if self.no_cache:
+            repository.backend = detach_cache(repository.backend)
+        return repository
 
     def emit_json(self, value: Any) -> None:
         json.dump(value, sys.stdout, indent=2, sort_keys=False, default=str)

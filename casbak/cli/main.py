@@ -50,6 +50,9 @@ def global_options(
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON on standard output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log more (-v info, -vv debug)."),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Neither read nor fill the local cache of a remote repository's index and trees.",
+    ),
     profile: Optional[str] = typer.Option(
         None, "--profile", envvar="CASBAK_PROFILE",
         help="Use this named profile of the config file; options given here override its values.",
@@ -66,6 +69,7 @@ def global_options(
         json=json_output,
         quiet=quiet,
         verbose=verbose,
+        no_cache=no_cache,
     )
     _configure_logging(quiet, verbose)
     if profile:
@@ -95,7 +99,7 @@ find_cmd.register(app)
 
 # Options of the top-level callback that users may also write after the command name,
 # as restic and other backup tools accept; main() moves them to the front.
-_GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--verbose", "-v", "-vv", "-vvv"}
+_GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--verbose", "-v", "-vv", "-vvv", "--no-cache"}
 _GLOBAL_OPTIONS = {"--repo", "-r", "--password-file", "--password-command", "--option", "-o", "--profile", "--config"}
 
 

@@ -207,3 +207,8 @@ def prune_cache(backend: Backend, prefix: str, names: list[str]) -> None:
     """Drop cached entries under `prefix` that a fresh listing no longer contains."""
     if isinstance(backend, CachedBackend):
         backend.cache.prune(prefix, set(names))
+
+
+def detach_cache(backend: Backend) -> Backend:
+    """Return the store behind a CachedBackend (for --no-cache); other backends unchanged."""
+    return backend.inner if isinstance(backend, CachedBackend) else backend

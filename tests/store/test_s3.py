@@ -193,6 +193,21 @@ def test_s3_cache_drops_deleted_index_files(moto_server, tmp_path):
     assert not (cache_dir / doomed).exists()
 
 
+def test_cli_no_cache_leaves_cache_empty(moto_server, tmp_path):
+    url = f"s3://{moto_server.new_bucket()}/cli-nocache"
+    make_tree(tmp_path / "source", _source_spec())
+    cache = tmp_path / "cache"
+    environment = {"CASBAK_PASSWORD": CLI_PASSWORD, "XDG_CACHE_HOME": str(cache)}
+    common = ["-r", url, "-o", f"s3.endpoint_url={moto_server.endpoint}"]
+
+    created = run_cli([*common, "init", "--kdf-n", "1024"], environment)
+    snapshot = run_cli([*common, "snapshot", str(tmp_path / "source"), "--no-cache"], environment)
+
+    assert created.returncode == 0, created.stderr
+    assert snapshot.returncode == 0, snapshot.stderr
+    assert not (cache / "casbak").exists()
+
+
 def test_cache_can_be_turned_off(moto_server, monkeypatch):
     monkeypatch.setenv("CASBAK_NO_CACHE", "1")
     url = f"s3://{moto_server.new_bucket()}/nocache"
