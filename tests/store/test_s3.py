@@ -126,6 +126,23 @@ def test_s3_second_open_reads_index_from_cache(moto_server, counting_proxy, tmp_
     assert counting_proxy.log.count("GET", "/snapshots/") == 0
 
 
+def test_s3_unchanged_daily_run_downloads_nothing(moto_server, counting_proxy, tmp_path):
+    url = f"s3://{moto_server.new_bucket()}/daily"
+    options = _open_options(counting_proxy.endpoint)
+    make_tree(tmp_path / "source", _source_spec())
+    Repository.init(url, PASSWORD, config=small_config(), kdf=FAST_KDF, options=options)
+    create_snapshot(Repository.open(url, PASSWORD, options), [str(tmp_path / "source")])
+    counting_proxy.log.clear()
+
+    second = create_snapshot(Repository.open(url, PASSWORD, options), [str(tmp_path / "source")])
+
+    assert second.stats.files_unmodified == 4
+    # The parent's manifest, its trees and the index all come from the cache.
+    for prefix in ("/index/", "/tree/", "/snapshots/", "/data/"):
+        assert counting_proxy.log.count("GET", prefix) == 0, prefix
+    assert counting_proxy.log.count("PUT", "/snapshots/") == 1
+
+
 def test_s3_cold_cache_downloads_each_index_once(moto_server, counting_proxy, tmp_path, monkeypatch):
     url = f"s3://{moto_server.new_bucket()}/cold"
     options = _open_options(counting_proxy.endpoint)
