@@ -14,7 +14,7 @@ from casbak.cli import repo_cmd, restore_cmd, snapshot_cmd
 from casbak.cli import diff_cmd
 from casbak.cli import key_cmd
 from casbak.cli import verify_cmd
-from casbak.cli import dump_cmd, find_cmd, stats_cmd
+from casbak.cli import dump_cmd, find_cmd, stats_cmd, tag_cmd
 from casbak.cli import gc_cmd
 from casbak.cli.context import CliState, parse_options
 from casbak.cli.profiles import apply_profile, load_profile
@@ -95,6 +95,7 @@ gc_cmd.register(app)
 dump_cmd.register(app)
 stats_cmd.register(app)
 find_cmd.register(app)
+tag_cmd.register(app)
 
 
 # Options of the top-level callback that users may also write after the command name,

@@ -69,6 +69,7 @@ class Profile:
     keep_monthly: Optional[int] = None
     keep_yearly: Optional[int] = None
     keep_within: Optional[str] = None
+    keep_tag: list[str] = field(default_factory=list)
     notify_url: Optional[str] = None
     notify_on: str = "failure"
     metrics_file: Optional[str] = None
@@ -76,12 +77,17 @@ class Profile:
 
     @property
     def retention(self) -> dict[str, Any]:
-        """The retention policy keys that are set, such as {"keep-daily": 14}, for `casbak gc`."""
+        """The retention policy keys that are set, such as {"keep-daily": 14}, for `casbak gc`.
+
+        Keys are the option names without dashes in front. Unset keys are left out.
+        """
         policy: dict[str, Any] = {}
         for key in RETENTION_KEYS + ("keep-within",):
             value = getattr(self, key.replace("-", "_"))
             if value is not None:
                 policy[key] = value
+        if self.keep_tag:
+            policy["keep-tag"] = list(self.keep_tag)
         return policy
 
 
@@ -154,8 +160,9 @@ def _checked_value(profile: str, key: str, value: Any, declared: str) -> Any:
             raise UsageError(f"profile {profile!r}: {key} must be true or false")
         return value
     if declared == "Optional[int]":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UsageError(f"profile {profile!r}: {key} must be a non-negative integer")
+        # -1 is `casbak gc`'s "keep all" for keep-* counts.
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise UsageError(f"profile {profile!r}: {key} must be an integer of -1 or more")
         return value
     if declared.startswith("dict["):
         if not isinstance(value, dict):

@@ -69,7 +69,7 @@ class Counters(Progress):
 
 
 class LineProgress(Counters):
-    """Prints `files, bytes, throughput` every `interval` seconds to `stream`."""
+    """Status lines with files, bytes and throughput, printed every `interval` seconds to `stream`."""
 
     def __init__(self, label: str, stream: TextIO, interval: float = PLAIN_INTERVAL_SECONDS, total_bytes: Optional[int] = None) -> None:
         super().__init__()
@@ -109,6 +109,10 @@ class BarProgress(Counters):
         self._task: TaskID = self._display.add_task(label, total=total_bytes or None, files=0)
 
     def refresh(self) -> None:
+        task = self._display.tasks[0]
+        if task.total is not None and self.bytes > task.total:
+            # The source grew beyond the estimate, so the bar and ETA would be wrong.
+            task.total = None
         self._display.update(self._task, completed=self.bytes, files=self.files)
 
     def start(self) -> None:

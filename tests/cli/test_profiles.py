@@ -42,6 +42,7 @@ tags = ["nightly"]
 keep-last = 3
 keep-daily = 14
 keep-within = "30d"
+keep-tag = ["release"]
 notify-url = "http://127.0.0.1:9/hook"
 notify-on = "always"
 metrics-file = "/tmp/casbak.prom"
@@ -53,7 +54,7 @@ metrics-file = "/tmp/casbak.prom"
     assert profile.sources == ["/data/alignment", "/data/configs"]
     assert profile.exclude == ["*.tmp"], "a single string becomes a one-item list"
     assert profile.one_file_system is True
-    assert profile.retention == {"keep-last": 3, "keep-daily": 14, "keep-within": "30d"}
+    assert profile.retention == {"keep-last": 3, "keep-daily": 14, "keep-within": "30d", "keep-tag": ["release"]}
     assert profile.notify_on == "always"
 
 
@@ -67,7 +68,7 @@ def test_load_profile_unknown_key(config_dir):
 def test_load_profile_wrong_type(config_dir):
     write_config(config_dir, '[profiles.nightly]\nkeep-daily = "seven"\n')
 
-    with pytest.raises(UsageError, match="keep-daily must be a non-negative integer"):
+    with pytest.raises(UsageError, match="keep-daily must be an integer of -1 or more"):
         load_profile("nightly")
 
 

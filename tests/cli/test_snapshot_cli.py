@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import msgpack
 import pytest
 
 from casbak.cli.main import main
@@ -248,3 +249,58 @@ def test_stats_ratios(repository, repo_path, source):
     assert stats["compression_ratio"] > 1, "repetitive JSON lines compress"
     assert stats["growth_bytes_per_day"] is None, "both snapshots are minutes apart"
     assert stats["repository_bytes"] > stats["pack_bytes"]
+
+
+def read_forget_records(repository) -> list[dict]:
+    records = []
+    for name in repository.backend.list("forgotten"):
+        records.append(msgpack.unpackb(repository.sealer.open(repository.backend.read(name), what=name)))
+    return records
+
+
+def test_tag_writes_new_manifest(repository, repo_path, source):
+    first = run_json("snapshot", str(source), "--tag", "nightly", repo=repo_path)
+    second = run_json("snapshot", str(source), repo=repo_path)
+
+    result = run_json("tag", first["snapshot"][:12], "--add", "release", "--remove", "nightly", repo=repo_path)
+    changed = result["results"][0]
+    listed = {s["id"]: s for s in run_json("snapshots", repo=repo_path)}
+    records = read_forget_records(repository)
+
+    assert result["schema"] == "casbak.tag/1"
+    assert changed["changed"] is True
+    assert changed["tags"] == ["release"]
+    assert set(listed) == {changed["new_snapshot"], second["snapshot"]}
+    assert listed[changed["new_snapshot"]]["tags"] == ["release"]
+    assert [s["id"] for s in records[0]["snapshots"]] == [first["snapshot"]]
+    assert records[0]["version"] == 1
+
+
+def test_tag_keeps_tree_and_time(repository, repo_path, source):
+    first = run_json("snapshot", str(source), repo=repo_path)
+    before = run_json("snapshots", repo=repo_path)[0]
+
+    run_json("tag", "latest", "--set", "keep", repo=repo_path)
+    after = run_json("snapshots", repo=repo_path)[0]
+
+    assert after["id"] != first["snapshot"]
+    assert after["tree"] == before["tree"]
+    assert after["time"] == before["time"]
+    assert after["stats"] == before["stats"]
+    assert after["tags"] == ["keep"]
+
+
+def test_tag_unchanged_keeps_id(repository, repo_path, source):
+    first = run_json("snapshot", str(source), "--tag", "a", repo=repo_path)
+
+    result = run_json("tag", "latest", "--add", "a", repo=repo_path)
+
+    assert result["results"][0]["changed"] is False
+    assert result["results"][0]["new_snapshot"] == first["snapshot"]
+    assert read_forget_records(repository) == []
+
+
+def test_tag_without_change_option_exits_2(repository, repo_path, source):
+    run_json("snapshot", str(source), repo=repo_path)
+
+    assert run_casbak("tag", "latest", repo=repo_path).returncode == 2
