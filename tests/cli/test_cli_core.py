@@ -269,8 +269,8 @@ PARTIAL_SCRIPT = textwrap.dedent(
 def test_partial_snapshot_exits_3(cli):
     if os.geteuid() != 0:
         pytest.skip("dropping to the nobody user needs root")
-    # The interpreter lives under /root, which nobody cannot enter, so the child imports
-    # casbak as root and drops privileges before it runs the command.
+    # The interpreter lives under /root, which the `nobody` user cannot enter, so the
+    # child imports casbak as root and drops privileges before it runs the command.
     workspace = Path(tempfile.mkdtemp(prefix="casbak-cli-nobody-"))
     try:
         workspace.chmod(0o755)

@@ -398,10 +398,10 @@ def test_file_replaced_by_fifo_not_blocking(repository, tmp_path):
 
 
 def run_as_nobody(script: str, *args: str) -> subprocess.CompletedProcess:
-    """Run Python code that imports casbak as root, then drops to the nobody user.
+    """Run Python code that imports casbak as root, then drops to the `nobody` user.
 
-    The interpreter lives under /root, which nobody cannot enter, so privileges are
-    dropped only after every module the snapshot needs is imported.
+    The interpreter lives under /root, which the `nobody` user cannot enter, so
+    privileges are dropped only after every module the snapshot needs is imported.
     """
     prologue = textwrap.dedent(
         """
@@ -420,7 +420,7 @@ def run_as_nobody(script: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def nobody_workspace():
-    """A directory under /tmp that the nobody user can enter."""
+    """A directory under /tmp that the `nobody` user can enter."""
     if os.geteuid() != 0:
         pytest.skip("dropping to the nobody user needs root")
     workspace = Path(tempfile.mkdtemp(prefix="casbak-nobody-"))
