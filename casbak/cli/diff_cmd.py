@@ -127,12 +127,30 @@ def key_change_line(change: KeyChange) -> str:
         return f"{change.path}: added {_short(change.new)}"
     if change.status == "removed":
         return f"{change.path}: removed (was {_short(change.old)})"
-    return f"{change.path}: {_short(change.old)} -> {_short(change.new)}"
+    old_text, new_text = _short_pair(display_value(change.old), display_value(change.new))
+    return f"{change.path}: {old_text} -> {new_text}"
 
 
 def _short(value: Any) -> str:
     text = display_value(value)
     return text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 3] + "..."
+
+
+def _short_pair(old: str, new: str) -> tuple[str, str]:
+    """Cut two long values to a window around their first difference, so the change is visible."""
+    if len(old) <= VALUE_WIDTH and len(new) <= VALUE_WIDTH:
+        return old, new
+    pairs = enumerate(zip(old, new))
+    first_difference = next((i for i, (x, y) in pairs if x != y), min(len(old), len(new)))
+    start = max(0, first_difference - VALUE_WIDTH // 4)
+    return _window(old, start), _window(new, start)
+
+
+def _window(text: str, start: int) -> str:
+    end = start + VALUE_WIDTH - 6
+    head = "..." if start > 0 else ""
+    tail = "..." if end < len(text) else ""
+    return head + text[start:end] + tail
 
 
 def record_lines(records: RecordDiff, details: int) -> list[str]:

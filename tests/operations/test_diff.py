@@ -16,12 +16,13 @@ from typer.testing import CliRunner
 
 import casbak
 from casbak.catalog import resolve_snapshot, walk
-from casbak.cli.diff_cmd import change_json
+from casbak.cli.diff_cmd import change_json, key_change_line
 from casbak.cli.main import app
 from casbak.errors import PathNotFound, SnapshotNotFound, UsageError
 from casbak.manifest import Manifest
 from casbak.operations.diff import diff_snapshots, diff_trees
 from casbak.operations.snapshot import create_snapshot
+from casbak.records.model import KeyChange
 from casbak.store.packs import KIND_DATA, KIND_TREE
 from casbak.tree import DIRECTORY, FILE, SYMLINK, Entry, Tree
 from tests.conftest import CORPUS, PASSWORD, make_tree
@@ -321,6 +322,17 @@ def test_cli_text_json_and_stat(repository, repo_path, tmp_path):
     assert modified["path_hex"] is None
     assert stat.output.startswith("1 added, 0 removed, 1 modified, 0 type changed, 0 metadata changed;")
     assert "cfg.yaml" not in stat.output
+
+
+def test_cli_long_values_show_their_difference():
+    prefix = "Human: " + "x" * 200
+    change = KeyChange("chosen", "changed", old=prefix + " yes", new=prefix + " no")
+
+    line = key_change_line(change)
+
+    old_text, new_text = line.split(" -> ")
+    assert old_text == "chosen: ..." + "x" * 14 + ' yes"'
+    assert new_text == "..." + "x" * 14 + ' no"'
 
 
 # Oracle: git's own diff of the same commits
