@@ -57,7 +57,7 @@ class LocalBackend:
     def write(self, name: str, data: bytes) -> None:
         path = self._path(name)
         directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
+        _make_directories(directory)
         temporary = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -210,6 +210,25 @@ def _remove_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _make_directories(directory: str) -> None:
+    """Create `directory` and its missing parents, syncing each new entry to disk.
+
+    Without the sync, a power loss could drop a new `data/xx` directory together with
+    the packs in it, while an index file naming those packs was already durable.
+    """
+    if os.path.isdir(directory):
+        return
+    parent = os.path.dirname(directory)
+    _make_directories(parent)
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        # A concurrent writer created it; syncing the parent again is cheap and makes
+        # sure the entry is durable before this writer relies on it.
+        pass
+    _fsync_directory(parent)
 
 
 def _fsync_directory(directory: str) -> None:

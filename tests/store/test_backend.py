@@ -153,3 +153,23 @@ def test_open_backend_local_forms(tmp_path):
 def test_open_backend_empty_location():
     with pytest.raises(UsageError):
         open_backend("")
+
+
+def test_local_write_syncs_new_directories(tmp_path, monkeypatch):
+    # Each directory the write creates must have its entry synced in its parent, or a
+    # power loss could drop the directory with the packs inside it.
+    root = tmp_path / "repo"
+    root.mkdir()
+    synced_inodes = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced_inodes.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+
+    LocalBackend(str(root)).write("data/ab/abcd", b"pack")
+
+    for directory in (root, root / "data", root / "data" / "ab"):
+        assert directory.stat().st_ino in synced_inodes, directory
