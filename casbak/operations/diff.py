@@ -82,8 +82,19 @@ class DiffResult:
     summary: DiffSummary = field(default_factory=DiffSummary)
 
 
+# Work items of TreeDiffer's explicit stack.
+_PAIR = "pair"  # compare two entries at one path (either may be None)
+_TREES = "trees"  # compare the children of two directory trees
+_BELOW = "below"  # report every entry below one tree with one status
+_ONE = "one"  # report one entry, then everything below it
+
+
 class TreeDiffer:
-    """Walk two trees in step; `trees_read` counts the tree objects loaded."""
+    """Walk two trees in step; `trees_read` counts the tree objects loaded.
+
+    The walk keeps its own stack instead of recursing, because Python's recursion limit
+    would otherwise stop it at a few hundred directory levels.
+    """
 
     def __init__(self, repository: Repository) -> None:
         self.repository = repository
@@ -91,30 +102,61 @@ class TreeDiffer:
 
     def diff_trees(self, old_root: bytes, new_root: bytes, prefix: bytes = b"") -> Iterator[Change]:
         """Yield the changes between two directory trees, parents before their children."""
+        return self._run([(_TREES, prefix, old_root, new_root)])
+
+    def diff_entries(self, path: bytes, old: Optional[Entry], new: Optional[Entry]) -> Iterator[Change]:
+        """Yield the changes between two entries at the same path (either may be None)."""
+        return self._run([(_PAIR, path, old, new)])
+
+    def _run(self, stack: list[tuple]) -> Iterator[Change]:
+        # Items are popped last-in first-out, so children are pushed in reverse name
+        # order and each directory's content is reported before its next sibling.
+        while stack:
+            kind, path, first, second = stack.pop()
+            if kind == _TREES:
+                self._push_children(stack, path, first, second)
+            elif kind == _BELOW:
+                for name, entry in reversed(list(self._entries(first).items())):
+                    stack.append((_ONE, _join(path, name), entry, second))
+            elif kind == _ONE:
+                yield Change(path, second, None if second == ADDED else first, first if second == ADDED else None)
+                if first.type == DIRECTORY:
+                    stack.append((_BELOW, path, first.subtree, second))
+            else:
+                yield from self._compare(stack, path, first, second)
+
+    def _push_children(self, stack: list[tuple], prefix: bytes, old_root: bytes, new_root: bytes) -> None:
         if old_root == new_root:
             return
         old_entries = self._entries(old_root)
         new_entries = self._entries(new_root)
-        for name in sorted(set(old_entries) | set(new_entries)):
-            path = prefix + b"/" + name if prefix else name
-            yield from self.diff_entries(path, old_entries.get(name), new_entries.get(name))
+        for name in sorted(set(old_entries) | set(new_entries), reverse=True):
+            stack.append((_PAIR, _join(prefix, name), old_entries.get(name), new_entries.get(name)))
 
-    def diff_entries(self, path: bytes, old: Optional[Entry], new: Optional[Entry]) -> Iterator[Change]:
-        """Yield the changes between two entries at the same path (either may be None)."""
+    def _compare(self, stack: list[tuple], path: bytes, old: Optional[Entry], new: Optional[Entry]) -> Iterator[Change]:
+        """Yield the change of one path itself and push the work for what lies below it."""
         if old is None and new is None:
             return
         if old is None:
-            yield from self._all(path, new, ADDED)
+            stack.append((_ONE, path, new, ADDED))
         elif new is None:
-            yield from self._all(path, old, REMOVED)
+            stack.append((_ONE, path, old, REMOVED))
         elif old.type != new.type:
             yield Change(path, TYPE_CHANGED, old, new, ("type",))
-            if old.type == DIRECTORY:
-                yield from self._below(old.subtree, path, REMOVED)
+            # Pushed in reverse: the old directory's entries are reported first.
             if new.type == DIRECTORY:
-                yield from self._below(new.subtree, path, ADDED)
+                stack.append((_BELOW, path, new.subtree, ADDED))
+            if old.type == DIRECTORY:
+                stack.append((_BELOW, path, old.subtree, REMOVED))
         elif old.type == DIRECTORY:
-            yield from self._diff_directories(path, old, new)
+            metadata = _metadata_changes(old, new)
+            if old.subtree != new.subtree:
+                # Adding or removing a child sets the directory's mtime, so with changed
+                # content only mode and owner changes are worth a line of their own.
+                metadata = tuple(name for name in metadata if name != "mtime")
+                stack.append((_TREES, path, old.subtree, new.subtree))
+            if metadata:
+                yield Change(path, METADATA_CHANGED, old, new, metadata)
         else:
             metadata = _metadata_changes(old, new)
             if _content_differs(old, new):
@@ -122,28 +164,13 @@ class TreeDiffer:
             elif metadata:
                 yield Change(path, METADATA_CHANGED, old, new, metadata)
 
-    def _diff_directories(self, path: bytes, old: Entry, new: Entry) -> Iterator[Change]:
-        metadata = _metadata_changes(old, new)
-        if old.subtree != new.subtree:
-            # Adding or removing a child sets the directory's mtime, so with changed
-            # content only mode and owner changes are worth a line of their own.
-            metadata = tuple(name for name in metadata if name != "mtime")
-        if metadata:
-            yield Change(path, METADATA_CHANGED, old, new, metadata)
-        yield from self.diff_trees(old.subtree, new.subtree, path)
-
-    def _all(self, path: bytes, entry: Entry, status: str) -> Iterator[Change]:
-        yield Change(path, status, None if status == ADDED else entry, entry if status == ADDED else None)
-        if entry.type == DIRECTORY:
-            yield from self._below(entry.subtree, path, status)
-
-    def _below(self, subtree: bytes, prefix: bytes, status: str) -> Iterator[Change]:
-        for name, entry in self._entries(subtree).items():
-            yield from self._all(prefix + b"/" + name, entry, status)
-
     def _entries(self, digest: bytes) -> dict[bytes, Entry]:
         self.trees_read += 1
         return {entry.name: entry for entry in load_tree(self.repository, digest).entries}
+
+
+def _join(prefix: bytes, name: bytes) -> bytes:
+    return prefix + b"/" + name if prefix else name
 
 
 def _metadata_changes(old: Entry, new: Entry) -> tuple[str, ...]:

@@ -94,7 +94,9 @@ def test_empty_snapshots(repository, tmp_path):
     make_tree(source, {"first.txt": b"1"})
     filled = snapshot(repository, source)
 
-    assert diff_snapshots(repository, empty, empty_again).changes == []
+    # Limited to the source: other processes may touch /tmp between the two snapshots,
+    # and the mtimes of the source's parent directories are recorded too.
+    assert diff_snapshots(repository, empty, empty_again, str(source)).changes == []
     assert statuses(diff_snapshots(repository, empty, filled, str(source)), source) == {"first.txt": "+"}
     assert statuses(diff_snapshots(repository, filled, empty, str(source)), source) == {"first.txt": "-"}
 
@@ -218,6 +220,24 @@ def test_unchanged_subtrees_are_not_read(repository, tmp_path):
     # the 29 unchanged directories are never loaded.
     levels = 1 + len(os.fsencode(source).strip(b"/").split(b"/")) + 1
     assert result.summary.trees_read == 2 * levels
+
+
+def test_deep_tree_beyond_recursion_limit(repository, tmp_path):
+    source = tmp_path / "source"
+    bottom = source
+    for _level in range(450):  # deeper than Python's recursion limit allows at 3 frames a level
+        bottom = bottom / "d"
+    bottom.mkdir(parents=True)
+    (bottom / "leaf.txt").write_bytes(b"v1")
+    first = snapshot(repository, source)
+    (bottom / "leaf.txt").write_bytes(b"v2")
+    (bottom / "new.txt").write_bytes(b"n")
+    second = snapshot(repository, source)
+
+    result = diff_snapshots(repository, first, second)
+
+    assert [(c.path.rsplit(b"/", 1)[-1], c.status) for c in result.changes] == [(b"leaf.txt", "M"), (b"new.txt", "+")]
+    assert result.changes[0].path.split(b"/").count(b"d") == 450
 
 
 def test_path_limits_the_diff(repository, tmp_path):
@@ -500,5 +520,7 @@ def test_tree_diff_equals_brute_force(memory_repository, old_spec, new_spec):
 
     found = {change.path: change.status for change in changes}
     assert len(found) == len(changes), "a path was reported twice"
+    paths = [change.path for change in changes]
+    assert paths == sorted(paths, key=lambda path: path.split(b"/")), "not in depth-first name order"
     expected = _brute_force(_listing(memory_repository, old_root), _listing(memory_repository, new_root))
     assert found == expected
