@@ -148,7 +148,9 @@ GC_UNTIL_KILLED = textwrap.dedent(
 
     if kill_at:
         repository.backend = KillAt(repository.backend)
+    print("gc-start", flush=True)
     run_gc(repository, RetentionPolicy(last=2))
+    print("gc-end", flush=True)
     """
 )
 
@@ -250,7 +252,7 @@ def count_changes(repo: Path, scratch: Path) -> int:
     process = child(GC_UNTIL_KILLED.replace("os.kill(os.getpid(), signal.SIGKILL)", "pass") + "\nprint(repository.backend.count)\n", str(probe), "1000000", "before")
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
-    return int(out.strip())
+    return int(out.split()[-1])
 
 
 def check_after_kill(work: Path, kept: dict[str, str], source: str, scratch: Path) -> None:
@@ -297,9 +299,19 @@ def test_gc_sigkill_at_random_step(tmp_path, seed):
 @pytest.mark.parametrize("seed", range(2))
 def test_gc_sigkill_after_random_delay(tmp_path, seed):
     repo, kept, source = build_history(tmp_path)
+    probe = tmp_path / "probe"
+    shutil.copytree(repo, probe)
+    timed = child(GC_UNTIL_KILLED, str(probe), "0", "before")
+    assert timed.stdout.readline().strip() == "gc-start"
+    started = time.monotonic()
+    assert timed.stdout.readline().strip() == "gc-end"
+    duration = time.monotonic() - started
+    timed.communicate(timeout=120)
+
     process = child(GC_UNTIL_KILLED, str(repo), "0", "before")
-    # The child spends most of its first second importing; the window covers the gc itself.
-    time.sleep(random.Random(seed).uniform(0.3, 1.5))
+    assert process.stdout.readline().strip() == "gc-start"
+    # Timing varies, so the kill may land after gc finished; the step test covers every point.
+    time.sleep(random.Random(seed).uniform(0, duration))
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=120)
 
