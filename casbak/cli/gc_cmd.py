@@ -59,6 +59,8 @@ def forget(
     policy = _build_policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, keep_tag)
     if snapshot_ids and not policy.is_empty():
         raise UsageError("give either snapshot ids or --keep-* options, not both")
+    if not snapshot_ids and policy.is_empty():
+        raise UsageError("nothing to forget: give snapshot ids or at least one --keep-* option")
     state = ctx.obj
     repository = state.open_repository()
     if snapshot_ids:
