@@ -122,19 +122,25 @@ def snapshot(
     """Snapshot files, standard input or a command's output; only new chunks are stored."""
     state = ctx.obj
     profile = current_profile(ctx)
-    settings = merge_settings(
-        profile, paths=paths or [], tags=tag, excludes=exclude, exclude_files=exclude_file,
-        exclude_larger_than=exclude_larger_than, one_file_system=one_file_system, host=host, stdin=stdin,
-        stdin_filename=stdin_filename, stdin_from_command=stdin_from_command, notify_url=notify_url,
-        notify_on=notify_on, metrics_file=metrics_file,
-    )
-    report = RunReport("snapshot", profile=profile.name if profile else None, repository=state.repo,
-                       host=settings.host or socket.gethostname())
+    report = RunReport("snapshot", profile=profile.name if profile else None, repository=state.repo)
+    try:
+        settings = merge_settings(
+            profile, paths=paths or [], tags=tag, excludes=exclude, exclude_files=exclude_file,
+            exclude_larger_than=exclude_larger_than, one_file_system=one_file_system, host=host, stdin=stdin,
+            stdin_filename=stdin_filename, stdin_from_command=stdin_from_command, notify_url=notify_url,
+            notify_on=notify_on, metrics_file=metrics_file,
+        )
+    except CasbakError as exc:
+        # Without valid settings there is no webhook or metrics file to report to.
+        report.finish(STATUS_FAILED, exc.exit_code, str(exc))
+        _emit_failure(state, report)
+        raise
+    report.host = settings.host or report.host
     try:
         with profile_lock(profile.name) if profile else nullcontext():
             result = _run(state, settings, parent, force)
     except ProfileLocked as exc:
-        # The run holding the lock reports its own outcome; this one only says it was skipped.
+        # The run holding the lock reports its own outcome, so this one only reports that it stopped.
         report.finish(STATUS_FAILED, exc.exit_code, str(exc))
         _notify(settings, report)
         _emit_failure(state, report)

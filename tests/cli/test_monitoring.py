@@ -129,9 +129,10 @@ def test_webhook_http_error_keeps_exit_code(repository, repo_path, source):
 
 
 def test_invalid_notify_on_exits_2(repository, repo_path, source):
-    result = run_casbak("snapshot", str(source), "--notify-on", "sometimes", repo=repo_path)
+    result = run_casbak("--json", "snapshot", str(source), "--notify-on", "sometimes", repo=repo_path)
 
     assert result.returncode == 2
+    assert json.loads(result.stdout)["exit_code"] == 2
 
 
 def test_metrics_file_after_success_and_failure(repository, repo_path, source, tmp_path):

@@ -304,3 +304,38 @@ def test_tag_without_change_option_exits_2(repository, repo_path, source):
     run_json("snapshot", str(source), repo=repo_path)
 
     assert run_casbak("tag", "latest", repo=repo_path).returncode == 2
+
+
+def test_dump_damaged_pack_exits_5(repository, repo_path, tmp_path):
+    source = tmp_path / "one"
+    make_tree(source, {"weights.bin": os.urandom(40_000)})
+    run_json("snapshot", str(source), repo=repo_path)
+    # Flip one byte in the middle of every data pack, as bit rot on the backup disk would.
+    for pack in (repo_path / "data").rglob("*"):
+        if pack.is_file():
+            data = bytearray(pack.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            pack.write_bytes(bytes(data))
+
+    result = run_casbak("dump", "latest", str(source / "weights.bin"), repo=repo_path)
+
+    assert result.returncode == 5
+    assert len(result.stdout) < 40_000
+
+
+def test_dump_to_closed_pipe_exits_1(repository, repo_path, tmp_path):
+    source = tmp_path / "one"
+    make_tree(source, {"weights.bin": os.urandom(3_000_000)})
+    run_json("snapshot", str(source), repo=repo_path)
+    environment = {**os.environ, "CASBAK_PASSWORD": PASSWORD.decode()}
+
+    dump = subprocess.Popen(CLI + ["--repo", str(repo_path), "dump", "latest", str(source / "weights.bin")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+    dump.stdout.read(10)
+    dump.stdout.close()
+    errors = dump.stderr.read()
+    dump.wait(timeout=60)
+
+    assert dump.returncode == 1
+    assert b"output was closed before the dump finished" in errors
+    assert b"Traceback" not in errors
