@@ -75,12 +75,17 @@ class PathFilter:
     max_file_size: Optional[int] = None
     one_file_system: bool = False
     roots: Sequence[bytes] = ()
-    _spec: pathspec.PathSpec = field(init=False, repr=False)
+    _file_spec: pathspec.PathSpec = field(init=False, repr=False)
+    _dir_spec: pathspec.PathSpec = field(init=False, repr=False)
     _root_devices: dict[bytes, int] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         try:
-            self._spec = pathspec.GitIgnoreSpec.from_lines(list(self.patterns))
+            # GitIgnoreSpec decides files as git does, but ranks a directory pattern such as
+            # `!*/` below a file pattern such as `*` even for the directory itself, so
+            # directories are decided by the plain last-match-wins rules instead.
+            self._file_spec = pathspec.GitIgnoreSpec.from_lines(list(self.patterns))
+            self._dir_spec = pathspec.PathSpec.from_lines("gitignore", list(self.patterns))
         except (ValueError, TypeError) as exc:
             raise UsageError(f"exclude patterns: invalid ({exc}); patterns use .gitignore syntax") from exc
         self.set_roots(self.roots)
@@ -111,7 +116,8 @@ class PathFilter:
             return f"larger than {self.max_file_size} bytes (--exclude-larger-than)"
         if self.patterns:
             relative = self._relative(path, root)
-            if relative and self._spec.match_file(relative + ("/" if is_dir else "")):
+            spec = self._dir_spec if is_dir else self._file_spec
+            if relative and spec.match_file(relative + ("/" if is_dir else "")):
                 return "matches an exclude pattern"
         return None
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 
 import pytest
 from hypothesis import given, strategies as st
@@ -150,7 +152,7 @@ def test_stream_source_stored_as_file(repository):
 
 
 def test_command_source_streams_large_output(repository):
-    # 8 MiB through a pipe: more than any pipe buffer, so it is consumed while produced.
+    # 8 MiB is far more than Linux's default 64 KiB pipe buffer, so it is consumed while produced.
     command = "head -c 8388608 /dev/zero | tr '\\0' 'a'"
     with CommandSource("zeros.txt", command) as source:
         result = create_snapshot(repository, [], streams=[source])
@@ -194,3 +196,51 @@ def test_stream_name_inside_source_rejected(repository, tmp_path):
     with pytest.raises(UsageError, match="overlaps the source"):
         create_snapshot(repository, [str(source)], streams=[stream])
     assert load_manifests(repository) == []
+
+
+GIT_TREE = {
+    "a.tmp": b"1", "keep.tmp": b"2", "notes.md": b"3", "app.log": b"4", "important.log": b"5",
+    "build": {"out.o": b"6", "keep.tmp": b"7"},
+    "docs": {"guide.md": b"8", "api": {"ref.md": b"9"}, "build": {"html": b"10"}},
+    "src": {"cache": {"x": b"11"}, "main.py": b"12", "tmp": {"t": b"13"}, "deep": {"tmp": {"u": b"14"}}},
+    "keep": {"w.bin": b"15"}, "w.bin": b"16",
+}
+
+GIT_PATTERN_SETS = [
+    ["*.tmp", "/build/", "!keep.tmp", "**/cache/**"],
+    ["*.log", "!important.log"],
+    ["docs/*.md"],
+    ["build"],
+    ["**/tmp"],
+    ["*.bin", "!/keep/*.bin"],
+    ["src/", "!src/main.py"],
+    ["*", "!*.md", "!*/"],
+    ["docs/**/*.md", "/*.log"],
+    ["**/build/", "!docs/build/"],
+    ["*.md", "!docs/**"],
+    ["[ab]*.log", "src/*/tmp"],
+]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+@pytest.mark.parametrize("patterns", GIT_PATTERN_SETS, ids=lambda p: " ".join(p))
+def test_exclude_matches_git(repository, tmp_path, patterns):
+    # git's own list of untracked, not ignored files is the reference for .gitignore rules.
+    source = tmp_path / "data"
+    make_tree(source, GIT_TREE)
+    rules_file = tmp_path / "rules"
+    rules_file.write_text("\n".join(patterns) + "\n")
+    git_dir = tmp_path / "git"
+    subprocess.run(["git", "init", "-q", str(git_dir)], check=True)
+    listed = subprocess.run(
+        ["git", f"--git-dir={git_dir}/.git", f"--work-tree={source}", "ls-files", "--others", "-z", f"--exclude-from={rules_file}"],
+        check=True, capture_output=True, cwd=source,
+    ).stdout
+    expected = {name for name in listed.decode().split("\0") if name}
+
+    result = create_snapshot(repository, [str(source)], exclude=PathFilter(patterns=patterns))
+    root = lookup_path(repository, result.manifest.tree, str(source))
+    prefix = str(source).lstrip("/").encode()
+    stored = {path.decode()[len(prefix) + 1 :] for path, entry in walk(repository, root.subtree, prefix) if entry.type != "dir"}
+
+    assert stored == expected
