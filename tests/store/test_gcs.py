@@ -9,6 +9,7 @@ import pytest
 from casbak.catalog import resolve_snapshot
 from casbak.operations.restore import restore_snapshot
 from casbak.operations.snapshot import create_snapshot
+from casbak.store.backend import open_backend
 from casbak.store.cache import CachedBackend
 from casbak.store.repository import Repository
 from tests.conftest import FAST_KDF, PASSWORD, make_tree, read_tree, small_config
@@ -82,3 +83,14 @@ def test_gcs_object_lock_is_rejected(gcs_server, tmp_path):
 
     assert result.returncode == 2
     assert "Object Lock needs an s3:// repository" in result.stderr
+
+
+@pytest.mark.parametrize("payload", [b"ends with cr\r", b"ends with lf\n", b"\r\n", b"\r", b"plain"])
+def test_gcs_stores_trailing_line_ends_exactly(gcs_server, payload):
+    url = f"gs://{gcs_server.new_bucket()}/bytes"
+    backend = open_backend(url, gcs_server.options())
+
+    backend.write("data/aa/object", payload)
+
+    assert backend.read("data/aa/object") == payload
+    assert backend.size("data/aa/object") == len(payload)
