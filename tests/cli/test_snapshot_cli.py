@@ -16,6 +16,7 @@ import msgpack
 import pytest
 
 from casbak.cli.main import main
+from casbak.cli.progress import BarProgress, Counters, LineProgress, make_progress
 from tests.conftest import PASSWORD, make_tree
 
 CLI = [sys.executable, "-c", "from casbak.cli import main; main()"]
@@ -339,3 +340,42 @@ def test_dump_to_closed_pipe_exits_1(repository, repo_path, tmp_path):
     assert dump.returncode == 1
     assert b"output was closed before the dump finished" in errors
     assert b"Traceback" not in errors
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plain_progress_lines():
+    stream = io.StringIO()
+    progress = LineProgress("snapshot", stream, interval=0, total_bytes=4096)
+
+    progress.bytes_done(1024)
+    progress.file_done(b"/a", 1024, read=True)
+    progress.file_done(b"/b", 1024, read=False)
+    lines = stream.getvalue().splitlines()
+
+    assert lines[-1].startswith("casbak: snapshot: 2 files, 2.0 KiB, ")
+    assert lines[-1].endswith("about 50% of the previous snapshot's size")
+    assert "\x1b" not in stream.getvalue()
+
+
+def test_progress_choice_by_output():
+    assert type(make_progress("snapshot", quiet=True, json_output=False, stream=FakeTerminal())) is Counters
+    assert type(make_progress("snapshot", quiet=False, json_output=True, stream=FakeTerminal())) is Counters
+    assert isinstance(make_progress("snapshot", quiet=False, json_output=False, stream=io.StringIO()), LineProgress)
+    assert isinstance(make_progress("snapshot", quiet=False, json_output=False, stream=FakeTerminal()), BarProgress)
+
+
+def test_bar_progress_drops_wrong_estimate():
+    terminal = FakeTerminal()
+    progress = BarProgress("snapshot", terminal, total_bytes=100)
+    progress.start()
+    try:
+        progress.bytes_done(50)
+        assert progress._display.tasks[0].total == 100
+        progress.bytes_done(500)
+        assert progress._display.tasks[0].total is None
+    finally:
+        progress.stop()
