@@ -1,33 +1,38 @@
 """`casbak tag`: add, remove or replace the tags of existing snapshots.
 
 Manifests are immutable and named by their content hash, so a tag change writes a new
-manifest with the same tree, sources, time and statistics, and then removes the old one.
-Before the removal, a forget record `forgotten/<BLAKE3 of the stored bytes>` lists the old
-id, so `casbak verify` can tell the missing link in the hash chain from tampering. The
-record is a sealed msgpack map {"version": 1, "time_ns", "snapshots": [{"id",
-"previous", "time_ns"}], "reason"}, the format that `casbak forget` writes.
+manifest with the same tree, sources, time and statistics. It then removes the old one
+the way `casbak forget` does. A forget record that lists the old id is stored first, so
+`casbak verify` can tell the missing link in the hash chain from tampering. The whole
+change runs under an exclusive repository lock, so it cannot interleave with a forget,
+a gc or another tag run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from typing import List
+from dataclasses import dataclass
+from typing import List, Optional
 
-import blake3
-import msgpack
 import typer
 
 from casbak.catalog import load_manifests, resolve_snapshot
 from casbak.errors import UsageError
 from casbak.manifest import Manifest
-from casbak.store.repository import SNAPSHOTS_PREFIX, Repository
+from casbak.operations.forget import remove_manifests
+from casbak.store.locks import EXCLUSIVE, RepositoryLock
+from casbak.store.repository import Repository
 
 log = logging.getLogger(__name__)
 
-FORGOTTEN_PREFIX = "forgotten"
-FORGET_RECORD_VERSION = 1
+
+@dataclass
+class RetagResult:
+    """The new snapshot id, and why the old manifest is still stored (None when removed)."""
+
+    new_id: str
+    old_retained: Optional[str] = None
 
 
 def new_tags(current: List[str], add: List[str], remove: List[str], replace: List[str]) -> list[str]:
@@ -38,37 +43,24 @@ def new_tags(current: List[str], add: List[str], remove: List[str], replace: Lis
     return sorted(tags)
 
 
-def retag(repository: Repository, manifest: Manifest, tags: list[str]) -> str:
-    """Write `manifest` again with `tags`, record the old id as forgotten, delete the old one.
+def retag(repository: Repository, manifest: Manifest, tags: list[str], lock: RepositoryLock) -> RetagResult:
+    """Write `manifest` again with `tags`, then forget the old manifest under the caller's `lock`.
 
-    Returns the new snapshot id. The new manifest's `previous` is the newest manifest at
-    write time, or that manifest's own `previous` when the newest is the re-tagged one.
-    NOTE: this does not take the repository lock yet, so a tag run that overlaps a
-    `casbak forget` of the same snapshot can bring the snapshot back under its new id.
+    The new manifest's `previous` is the newest manifest at write time, or that manifest's
+    own `previous` when the newest is the re-tagged one. Storage with retention (such as
+    S3 Object Lock) may keep the old manifest, which then stays listed with its old tags.
     """
     newest = load_manifests(repository)
     previous = newest[-1].id if newest else None
     if previous == manifest.id:
         previous = manifest.previous
     updated = dataclasses.replace(manifest, tags=tags, previous=previous, id="")
+    lock.ensure_held()
     updated.id = repository.write_manifest(updated.encode())
-    _write_forget_record(repository, manifest, f"re-tagged as snapshot {updated.id}")
-    repository.backend.delete(f"{SNAPSHOTS_PREFIX}/{manifest.id}")
+    removal = remove_manifests(repository, [manifest], f"re-tagged as snapshot {updated.id}", lock)
+    retained = removal.retained[0]["detail"] if removal.retained else None
     log.info("snapshot %s re-tagged as %s with tags %s", manifest.id[:12], updated.id[:12], tags)
-    return updated.id
-
-
-def _write_forget_record(repository: Repository, manifest: Manifest, reason: str) -> str:
-    body = {
-        "version": FORGET_RECORD_VERSION,
-        "time_ns": time.time_ns(),
-        "snapshots": [{"id": manifest.id, "previous": manifest.previous, "time_ns": manifest.time_ns}],
-        "reason": reason,
-    }
-    sealed = repository.sealer.seal(msgpack.packb(body))
-    name = f"{FORGOTTEN_PREFIX}/{blake3.blake3(sealed).hexdigest()}"
-    repository.backend.write(name, sealed)
-    return name
+    return RetagResult(updated.id, retained)
 
 
 def tag(
@@ -87,23 +79,26 @@ def tag(
     repository = state.open_repository()
     results = []
     seen: set[str] = set()
-    for selector in snapshots:
-        manifest = resolve_snapshot(repository, selector)
-        if manifest.id in seen:
-            continue
-        seen.add(manifest.id)
-        tags = new_tags(manifest.tags, add, remove, replace)
-        if tags == sorted(manifest.tags):
-            results.append({"snapshot": manifest.id, "new_snapshot": manifest.id, "tags": tags, "changed": False})
-            continue
-        new_id = retag(repository, manifest, tags)
-        results.append({"snapshot": manifest.id, "new_snapshot": new_id, "tags": tags, "changed": True})
+    with RepositoryLock(repository, EXCLUSIVE, "tag") as lock:
+        for selector in snapshots:
+            manifest = resolve_snapshot(repository, selector)
+            if manifest.id in seen:
+                continue
+            seen.add(manifest.id)
+            tags = new_tags(manifest.tags, add, remove, replace)
+            item = {"snapshot": manifest.id, "new_snapshot": manifest.id, "tags": tags, "changed": False, "old_retained": None}
+            if tags != sorted(manifest.tags):
+                outcome = retag(repository, manifest, tags, lock)
+                item.update(new_snapshot=outcome.new_id, changed=True, old_retained=outcome.old_retained)
+            results.append(item)
     if state.json:
         state.emit_json({"schema": "casbak.tag/1", "command": "tag", "results": results})
     elif not state.quiet:
         for item in results:
             if item["changed"]:
                 typer.echo(f"snapshot {item['snapshot'][:12]} is now {item['new_snapshot'][:12]} with tags [{', '.join(item['tags'])}]")
+                if item["old_retained"]:
+                    typer.echo(f"casbak: old manifest {item['snapshot'][:12]} kept: {item['old_retained']}", err=True)
             else:
                 typer.echo(f"snapshot {item['snapshot'][:12]} unchanged: tags [{', '.join(item['tags'])}]")
 

@@ -17,6 +17,7 @@ import pytest
 
 from casbak.cli.main import main
 from casbak.cli.progress import BarProgress, Counters, LineProgress, make_progress
+from casbak.store.locks import SHARED, RepositoryLock
 from tests.conftest import PASSWORD, make_tree
 
 CLI = [sys.executable, "-c", "from casbak.cli import main; main()"]
@@ -379,3 +380,14 @@ def test_bar_progress_drops_wrong_estimate():
         assert progress._display.tasks[0].total is None
     finally:
         progress.stop()
+
+
+def test_tag_during_snapshot_exits_4(repository, repo_path, source):
+    run_json("snapshot", str(source), repo=repo_path)
+
+    # A running snapshot holds a shared lock, and tag needs an exclusive one.
+    with RepositoryLock(repository, SHARED, "snapshot"):
+        result = run_casbak("tag", "latest", "--add", "x", repo=repo_path)
+
+    assert result.returncode == 4
+    assert run_json("snapshots", repo=repo_path)[0]["tags"] == []
