@@ -27,7 +27,7 @@ def diff_command(
     records: bool = typer.Option(False, "--records", help="Also compare modified files inside: records, config keys or chunk ranges."),
     key: Optional[str] = typer.Option(None, "--key", help="Record field that identifies a record (dotted for nested fields, such as meta.id)."),
     stat: bool = typer.Option(False, "--stat", help="Print only the counts."),
-    details: int = typer.Option(50, "--details", min=0, help="Changed records shown with their changed fields, per file."),
+    details: int = typer.Option(50, "--details", min=0, help="Changed records shown with their changed fields, per file; text output also prints at most this many added and removed records."),
     listed: int = typer.Option(1000, "--list-limit", min=0, help="Added, removed and changed records listed per file, per kind."),
 ) -> None:
     """Show paths added (+), removed (-), modified (M), type-changed (T) and metadata-changed (U)."""
