@@ -52,6 +52,8 @@ class MetadataCache:
         self.directory = directory
         self.hits = 0
         self.misses = 0
+        # Set after the first failed write, so a full or read-only disk logs one line.
+        self.write_failed = False
 
     def _path(self, name: str) -> Path:
         return self.directory.joinpath(*name.split("/"))
@@ -61,7 +63,11 @@ class MetadataCache:
         path = self._path(name)
         try:
             blob = path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            self.misses += 1
+            return None
+        except OSError as exc:
+            log.warning("cache entry %s at %s could not be read (%s); fetching it from the store", name, path, exc)
             self.misses += 1
             return None
         data, digest = blob[:-DIGEST_SIZE], blob[-DIGEST_SIZE:]
@@ -75,6 +81,8 @@ class MetadataCache:
 
     def put(self, name: str, data: bytes) -> None:
         """Store a copy; a failure only costs a later download, so it is logged, not raised."""
+        if self.write_failed:
+            return
         path = self._path(name)
         temporary = path.with_name(f".tmp-{secrets.token_hex(8)}")
         try:
@@ -87,8 +95,12 @@ class MetadataCache:
             # Rename so that a concurrent reader never sees a half-written entry.
             os.replace(temporary, path)
         except OSError as exc:
-            log.warning("cache entry %s could not be written to %s: %s", name, path, exc)
-            temporary.unlink(missing_ok=True)
+            self.write_failed = True
+            log.warning(
+                "cache entry %s could not be written to %s (%s); not caching for the rest of this run",
+                name, path, exc,
+            )
+            _unlink_quietly(temporary)
 
     def discard(self, name: str) -> None:
         try:
@@ -178,6 +190,13 @@ class CachedBackend:
         if attribute == "inner":
             raise AttributeError(attribute)
         return getattr(self.inner, attribute)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def _matches_name(name: str, data: bytes) -> bool:

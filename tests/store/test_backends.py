@@ -284,3 +284,21 @@ def test_data_packs_are_not_cached(cached_store):
 
     assert cached.read_cached(name, 10, 20) == payload[10:20]
     assert cached.cache.names("data") == []
+
+
+def test_unwritable_cache_logs_once_and_still_reads(tmp_path, caplog):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_bytes(b"a file where the cache directory should be")
+    inner = open_backend(f"memory://casbak-cache-{uuid.uuid4().hex}")
+    cached = CachedBackend(inner, MetadataCache(blocker / "cache"))
+    payloads = [os.urandom(500) for _ in range(3)]
+
+    with caplog.at_level(logging.WARNING, logger="casbak.store.cache"):
+        for payload in payloads:
+            name = f"index/{blake3.blake3(payload).hexdigest()}"
+            cached.write(name, payload)
+            assert cached.read_cached(name) == payload
+
+    warnings = [record for record in caplog.records if "could not be written" in record.getMessage()]
+    assert len(warnings) == 1
+    assert cached.cache.write_failed
