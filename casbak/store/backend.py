@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Protocol, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from casbak.errors import ObjectNotFound, UsageError
+from casbak.errors import ObjectNotFound, StorageError, UsageError
 from casbak.store.objectlock import ObjectLock
 from casbak.store.retry import RetryPolicy, call_with_retry, policy_from_environment
 
@@ -149,7 +149,13 @@ class FsspecBackend:
         # only when the upload completes.
         arguments = self.object_lock.put_arguments(name) if self.object_lock else {}
         payload = bytes(data)
-        self._retry("write", name, lambda: self.fs.pipe_file(self._path(name), payload, **arguments))
+        try:
+            self._retry("write", name, lambda: self.fs.pipe_file(self._path(name), payload, **arguments))
+        except FileNotFoundError as exc:
+            # Object stores reject a write with "not found" when the bucket is missing.
+            raise StorageError(
+                f"write of {name} in {self.url} failed: {exc}; create the bucket (or parent location) first"
+            ) from exc
 
     def read(self, name: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
         try:

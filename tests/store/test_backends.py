@@ -302,3 +302,17 @@ def test_unwritable_cache_logs_once_and_still_reads(tmp_path, caplog):
     warnings = [record for record in caplog.records if "could not be written" in record.getMessage()]
     assert len(warnings) == 1
     assert cached.cache.write_failed
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_write_to_missing_bucket_fails_cleanly(request, kind):
+    if kind == "s3":
+        server = request.getfixturevalue("moto_server")
+        url, options = "s3://casbak-missing-bucket/repo", {"endpoint_url": server.endpoint}
+    else:
+        server = request.getfixturevalue("gcs_server")
+        url, options = "gs://casbak-missing-bucket/repo", server.options()
+    backend = open_backend(url, options)
+
+    with pytest.raises(StorageError, match="create the bucket"):
+        backend.write("keys/first", b"key file")
