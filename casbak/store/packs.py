@@ -55,8 +55,12 @@ class PackBuilder:
     def __len__(self) -> int:
         return len(self.buffer)
 
-    def finish(self, sealer: Sealer) -> tuple[str, bytes]:
-        """Append the header and trailer; return (pack id, pack bytes)."""
+    def finish(self, sealer: Sealer) -> tuple[str, bytearray]:
+        """Append the header and trailer; return (pack id, pack bytes).
+
+        The returned buffer is the builder's own, not a copy: a copy would double the
+        memory of every pack waiting for upload.
+        """
         header = {
             "version": PACK_VERSION,
             "type": self.kind,
@@ -65,8 +69,7 @@ class PackBuilder:
         sealed_header = sealer.seal(msgpack.packb(header), role=ROLE_PACK_HEADER)
         self.buffer += sealed_header
         self.buffer += TRAILER.pack(len(sealed_header))
-        data = bytes(self.buffer)
-        return blake3.blake3(data).hexdigest(), data
+        return blake3.blake3(self.buffer).hexdigest(), self.buffer
 
 
 def pack_path(kind: str, pack_id: str) -> str:
