@@ -19,6 +19,7 @@ from typing import BinaryIO, Iterator, Optional
 import typer
 
 from casbak.catalog import lookup_path, resolve_snapshot, walk
+from casbak.cli.output import naming_snapshot
 from casbak.errors import CasbakError, CorruptObject, UsageError
 from casbak.store.repository import Repository
 from casbak.tree import BLOCK_DEVICE, CHAR_DEVICE, DIRECTORY, FIFO, FILE, SYMLINK, Entry
@@ -72,7 +73,7 @@ class ContentReader(io.RawIOBase):
 
 def dump(
     ctx: typer.Context,
-    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, or `latest`."),
+    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, `latest`, or a UTC date such as @2026-12-01 or @2026-12-01T12:00."),
     path: str = typer.Argument("/", help="Path inside the snapshot, as `casbak ls` shows it (default: the whole snapshot, with --tar)."),
     as_tar: bool = typer.Option(False, "--tar", help="Write a tar stream (POSIX pax format) of the path, which may be a directory."),
     output: Optional[str] = typer.Option(None, "--output", help="Write to this file instead of standard output."),
@@ -81,7 +82,8 @@ def dump(
     state = ctx.obj
     repository = state.open_repository()
     manifest = resolve_snapshot(repository, snapshot)
-    entry = lookup_path(repository, manifest.tree, path)
+    with naming_snapshot(manifest):
+        entry = lookup_path(repository, manifest.tree, path)
     if entry.type == DIRECTORY and not as_tar:
         raise UsageError(f"path {path}: is a directory; add --tar to dump it as a tar stream")
     if entry.type != FILE and not as_tar:
@@ -135,7 +137,9 @@ def _write_tar(repository: Repository, top: Entry, path: str, handle: BinaryIO) 
             info = _tar_info(raw_path, entry)
             if entry.type == FILE:
                 reader = ContentReader(repository, entry, "/" + info.name)
-                archive.addfile(info, reader)
+                # tarfile treats a short read as the end of the data, and the raw reader
+                # returns at most one chunk per call, so a buffered reader fills each read.
+                archive.addfile(info, io.BufferedReader(reader, COPY_BLOCK))
                 reader.verify()
                 counts["files"] += 1
                 counts["bytes"] += entry.size or 0

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import stat
+from contextlib import contextmanager
+from typing import Iterator
 
+from casbak.errors import PathNotFound
+from casbak.manifest import Manifest
 from casbak.tree import DIRECTORY, SYMLINK, Entry
 
 
@@ -24,3 +28,20 @@ def format_mode(entry: Entry) -> str:
 def display_path(raw: bytes) -> str:
     """Show a raw path; bytes that are not UTF-8 appear as backslash escapes."""
     return raw.decode("utf-8", "backslashreplace")
+
+
+@contextmanager
+def naming_snapshot(manifest: Manifest) -> Iterator[None]:
+    """Add the snapshot id and sources to a PathNotFound raised inside the block.
+
+    `latest` is the newest snapshot of any source, so a path missing there often lives in
+    another source's snapshot. Naming the sources makes that visible.
+    """
+    try:
+        yield
+    except PathNotFound as exc:
+        sources = ", ".join(manifest.sources) or "no sources"
+        raise PathNotFound(
+            f"snapshot {manifest.id[:12]} (sources: {sources}): {exc}. "
+            "`casbak snapshots` lists the snapshots of other sources"
+        ) from exc

@@ -7,14 +7,14 @@ import datetime as dt
 import typer
 
 from casbak.catalog import lookup_path, resolve_snapshot, walk
-from casbak.cli.output import display_path, format_mode, format_size
+from casbak.cli.output import display_path, format_mode, format_size, naming_snapshot
 from casbak.operations.restore import restore_snapshot
 from casbak.tree import DIRECTORY, SYMLINK
 
 
 def restore(
     ctx: typer.Context,
-    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, or `latest`."),
+    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, `latest`, or a UTC date such as @2026-12-01 or @2026-12-01T12:00."),
     target: str = typer.Option(..., "--target", "-t", help="Directory to restore into (created if missing)."),
     path: str = typer.Option("", "--path", help="Restore only this path of the snapshot (as `casbak ls` shows it)."),
 ) -> None:
@@ -22,7 +22,8 @@ def restore(
     state = ctx.obj
     repository = state.open_repository()
     manifest = resolve_snapshot(repository, snapshot)
-    stats = restore_snapshot(repository, manifest, target, path)
+    with naming_snapshot(manifest):
+        stats = restore_snapshot(repository, manifest, target, path)
     if state.json:
         state.emit_json({"snapshot": manifest.id, "target": target, "files": stats.files, "directories": stats.directories,
                          "symlinks": stats.symlinks, "bytes_written": stats.bytes_written, "warnings": stats.warnings})
@@ -33,7 +34,7 @@ def restore(
 
 def ls(
     ctx: typer.Context,
-    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, or `latest`."),
+    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, `latest`, or a UTC date such as @2026-12-01 or @2026-12-01T12:00."),
     path: str = typer.Argument("", help="Path inside the snapshot to list (default: everything)."),
     long: bool = typer.Option(False, "--long", "-l", help="Show mode, size and modification time."),
 ) -> None:
@@ -41,7 +42,8 @@ def ls(
     state = ctx.obj
     repository = state.open_repository()
     manifest = resolve_snapshot(repository, snapshot)
-    entry = lookup_path(repository, manifest.tree, path)
+    with naming_snapshot(manifest):
+        entry = lookup_path(repository, manifest.tree, path)
     prefix = "/".join(p for p in path.split("/") if p).encode("utf-8", "surrogateescape")
     if entry.type == DIRECTORY:
         items = walk(repository, entry.subtree, prefix)

@@ -114,7 +114,8 @@ class Repository:
             sealed_config = backend.read(CONFIG_NAME)
         except ObjectNotFound as exc:
             raise RepositoryNotFound(
-                f"repository {backend.url}: not found (no config file); create one with `casbak init`"
+                f"repository {backend.url}: not found (no config file); check --repo or CASBAK_REPOSITORY, "
+                "or create a repository there with `casbak init`"
             ) from exc
         key_ids = list_key_ids(backend)
         if not key_ids:
