@@ -12,6 +12,7 @@ EXIT_USAGE = 2  # typer/click use 2 for invalid command-line usage
 EXIT_PARTIAL = 3  # snapshot written, but some sources could not be read
 EXIT_LOCKED = 4  # repository locked by another run (RepositoryLocked)
 EXIT_INTEGRITY = 5  # verify found damaged or missing data
+EXIT_PII = 6  # snapshot --pii-scan fail found personal data or secrets; no snapshot written
 
 
 class CasbakError(Exception):
@@ -88,3 +89,9 @@ class StorageError(CasbakError):
 
 class RestoreError(CasbakError):
     """Restoring could not write an entry into the target directory."""
+
+
+class PiiFound(CasbakError):
+    """`snapshot --pii-scan fail` found personal data or secrets; no manifest was written."""
+
+    exit_code = EXIT_PII

@@ -1,0 +1,1 @@
+"""Audit features: per-file hashes, signed manifests and the PII scan."""
