@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
 from casbak.cli.output import format_size
+from casbak.cli.profiles import current_profile
 from casbak.errors import UsageError
 from casbak.operations.forget import ForgetResult, forget_by_ids, forget_by_policy
 from casbak.operations.prune import GcReport, PruneOptions, run_gc
@@ -36,6 +37,24 @@ def _build_policy(
     )
 
 
+def _with_profile_retention(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """Fill each keep-* option left unset on the command line from the --profile's retention keys.
+
+    Options given on the command line (even `--keep-daily 0`) override the profile per key.
+    """
+    profile = current_profile(ctx)
+    if profile is None:
+        return values
+    merged = dict(values)
+    for key, value in profile.retention.items():
+        name = key.replace("-", "_")
+        source = ctx.get_parameter_source(name)
+        # Typer 0.29 bundles its own copy of click, so the enum is matched by member name.
+        if source is None or source.name == "DEFAULT":
+            merged[name] = value
+    return merged
+
+
 GROUP_BY_HELP = f"Judge snapshots in groups of: {', '.join(GROUP_BY_CHOICES)}."
 
 
@@ -56,7 +75,12 @@ def forget(
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print what would be forgotten and why; change nothing."),
 ) -> None:
     """Remove snapshots by id or by retention policy; their data stays until `casbak gc`."""
-    policy = _build_policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, keep_tag)
+    keep = dict(
+        keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within, keep_tag=keep_tag,
+    )
+    # Snapshot ids are a request of their own, so a profile's retention applies only without them.
+    policy = _build_policy(**(keep if snapshot_ids else _with_profile_retention(ctx, keep)))
     if snapshot_ids and not policy.is_empty():
         raise UsageError("give either snapshot ids or --keep-* options, not both")
     if not snapshot_ids and policy.is_empty():
@@ -92,8 +116,12 @@ def gc(
     no_repack: bool = typer.Option(False, "--no-repack", help="Only delete packs without live data; read no data pack."),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print what would be removed and repacked; change nothing."),
 ) -> None:
-    """Forget snapshots by policy (when --keep-* options are given), then delete unused data."""
-    policy = _build_policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, keep_tag)
+    """Forget snapshots by policy (--keep-* options, or the --profile's keep-* keys), then delete unused data."""
+    keep = dict(
+        keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within, keep_tag=keep_tag,
+    )
+    policy = _build_policy(**_with_profile_retention(ctx, keep))
     options = PruneOptions(max_unused=parse_percentage(max_unused), repack=not no_repack, dry_run=dry_run)
     state = ctx.obj
     repository = state.open_repository()
