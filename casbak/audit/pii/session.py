@@ -37,7 +37,11 @@ class PiiScan:
         self.allowlist = allowlist or Allowlist()
         self.allowlist_sha256 = allowlist_sha256
         self._lock = threading.Lock()
+        # Only files with something to report are kept, so memory does not grow with
+        # the number of clean files.
         self._files: dict[str, FileFindings] = {}
+        self._files_scanned = 0
+        self._bytes_scanned = 0
         self._carried: dict[str, list[dict]] = {}
         self._parent_findings: dict[str, list[dict]] = {}
 
@@ -73,8 +77,14 @@ class PiiScan:
 
     def record(self, findings: FileFindings) -> None:
         # A file read again because it changed during the read replaces its earlier result.
+        # NOTE: such a file counts twice in files_scanned and bytes_scanned.
         with self._lock:
-            self._files[findings.path] = findings
+            self._files_scanned += 1
+            self._bytes_scanned += findings.scanned_bytes
+            if findings.hits or findings.suppressed or findings.incomplete:
+                self._files[findings.path] = findings
+            else:
+                self._files.pop(findings.path, None)
 
     def carry_unchanged(self, path: str) -> None:
         """Keep the parent's findings of a file that was not read because it is unchanged."""
@@ -106,15 +116,16 @@ class PiiScan:
         with self._lock:
             results = list(self._files.values())
             carried = len(self._carried)
+            files_scanned, bytes_scanned = self._files_scanned, self._bytes_scanned
         for result in results:
             for detector, number in result.suppressed.items():
                 suppressed[detector] = suppressed.get(detector, 0) + number
         incomplete = [{"path": r.path, "reason": r.incomplete} for r in results if r.incomplete]
         return {
             "mode": self.mode,
-            "files_scanned": len(results),
+            "files_scanned": files_scanned,
             "files_carried": carried,
-            "bytes_scanned": sum(r.scanned_bytes for r in results),
+            "bytes_scanned": bytes_scanned,
             "counts": dict(sorted(counts.items())),
             "suppressed": dict(sorted(suppressed.items())),
             "findings": rows,
@@ -124,6 +135,11 @@ class PiiScan:
 
     def check(self) -> None:
         """Raise PiiFound in fail mode when any finding remains; log a summary in warn mode."""
+        with self._lock:
+            incomplete = [result for result in self._files.values() if result.incomplete]
+        for result in incomplete:
+            # NOTE: fail mode does not fail on these; the unscanned rest may hold findings.
+            log.warning("PII scan of %s is incomplete: %s", result.path, result.incomplete)
         rows = self.findings()
         if not rows:
             return
