@@ -6,7 +6,9 @@ import datetime as dt
 import logging
 from typing import Iterator, Optional
 
-from casbak.errors import AmbiguousSnapshot, IntegrityError, PathNotFound, SnapshotNotFound, UsageError
+import msgpack
+
+from casbak.errors import AmbiguousSnapshot, CasbakError, IntegrityError, PathNotFound, SnapshotNotFound, UsageError
 from casbak.manifest import Manifest
 from casbak.store.repository import Repository
 from casbak.tree import DIRECTORY, Entry, Tree
@@ -44,11 +46,33 @@ def resolve_snapshot(repository: Repository, selector: str) -> Manifest:
         return _resolve_date(repository, selector)
     matches = [i for i in repository.list_snapshot_ids() if i.startswith(selector.lower())]
     if not matches:
+        forgotten = _forget_reason(repository, selector.lower())
+        if forgotten:
+            raise SnapshotNotFound(f"snapshot {selector}: forgotten ({forgotten}); `casbak snapshots` lists the ids")
         raise SnapshotNotFound(f"snapshot {selector}: not found; `casbak snapshots` lists the ids")
     if len(matches) > 1:
         shown = ", ".join(m[:12] for m in matches[:5])
         raise AmbiguousSnapshot(f"snapshot {selector}: prefix matches {len(matches)} snapshots ({shown}); give more digits")
     return load_manifest(repository, matches[0])
+
+
+def _forget_reason(repository: Repository, prefix: str) -> Optional[str]:
+    """Return the reason of a forget record that lists a snapshot id starting with `prefix`.
+
+    `casbak tag` gives a snapshot a new id and forgets the old one, so an old id typed from
+    earlier output is a common mistake. Only the error path calls this, and a record that
+    cannot be read is skipped, because this only adds a hint to an error.
+    """
+    for name in repository.backend.list("forgotten"):
+        try:
+            body = msgpack.unpackb(repository.sealer.open(repository.backend.read(name), what=name))
+            listed = [item.get("id", "") for item in body.get("snapshots", [])]
+        except (CasbakError, ValueError, TypeError, AttributeError, msgpack.UnpackException) as exc:
+            log.debug("forget record %s: skipped while looking up a snapshot id: %s", name, exc)
+            continue
+        if any(isinstance(i, str) and i.startswith(prefix) for i in listed):
+            return str(body.get("reason") or "no reason recorded")
+    return None
 
 
 def _resolve_date(repository: Repository, selector: str) -> Manifest:

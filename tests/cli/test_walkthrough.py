@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from casbak.catalog import resolve_snapshot
+from casbak.errors import SnapshotNotFound
 from casbak.operations.snapshot import create_snapshot
 from tests.conftest import CORPUS, PASSWORD, make_tree
 
@@ -206,3 +208,22 @@ def test_restore_accepts_date_selector(two_chunk_snapshot, tmp_path):
                         "--target", str(target), "--path", str(source / "configs"))
     assert result.returncode == 0, result.stderr
     assert (target / "dpo.yaml").read_bytes() == b"beta: 0.1\n"
+
+
+def test_retagged_id_names_new_id(two_chunk_snapshot, tmp_path):
+    repo = str(two_chunk_snapshot["repo"])
+    old_id = two_chunk_snapshot["id"]
+    tagged = run_casbak(tmp_path, "-r", repo, "--json", "tag", old_id[:8], "--set", "keep-forever")
+    assert tagged.returncode == 0, tagged.stderr
+    new_id = re.search(r'"new_snapshot": "([0-9a-f]{64})"', tagged.stdout)
+    assert new_id is not None, tagged.stdout
+
+    result = run_casbak(tmp_path, "-r", repo, "ls", old_id[:8])
+
+    assert result.returncode == 1
+    assert f"snapshot {old_id[:8]}: forgotten (re-tagged as snapshot {new_id.group(1)})" in result.stderr
+
+
+def test_unknown_id_without_forget_records(memory_repository):
+    with pytest.raises(SnapshotNotFound, match="snapshot abc123: not found"):
+        resolve_snapshot(memory_repository, "abc123")
