@@ -82,6 +82,9 @@ def _open_target(target: str) -> int:
         os.makedirs(target, exist_ok=True)
         return os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
+        if os.path.lexists(target) and not os.path.isdir(target):
+            # makedirs reports "File exists" here, which hides that the target is not a directory.
+            raise RestoreError(f"target {target}: exists and is not a directory; choose another --target") from exc
         raise RestoreError(
             f"target {target}: cannot be created or opened as a directory ({exc.strerror}); choose another --target"
         ) from exc

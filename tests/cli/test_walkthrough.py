@@ -227,3 +227,15 @@ def test_retagged_id_names_new_id(two_chunk_snapshot, tmp_path):
 def test_unknown_id_without_forget_records(memory_repository):
     with pytest.raises(SnapshotNotFound, match="snapshot abc123: not found"):
         resolve_snapshot(memory_repository, "abc123")
+
+
+def test_restore_target_is_file(two_chunk_snapshot, tmp_path):
+    target = tmp_path / "afile"
+    target.write_bytes(b"not a directory\n")
+
+    result = run_casbak(tmp_path, "-r", str(two_chunk_snapshot["repo"]), "restore", "latest", "--target", str(target))
+
+    assert result.returncode == 1
+    assert f"target {target}: exists and is not a directory" in result.stderr
+    assert "choose another --target" in result.stderr
+    assert target.read_bytes() == b"not a directory\n"
