@@ -291,7 +291,11 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "secret_assignment", _SECRET_ASSIGNMENT, _always, _valid_secret,
         "high-entropy value behind a key name such as api_key= or secret:",
-        tuple(re.compile(word) for word in (rb"key", rb"secret", rb"passw", rb"token")), anchor_lowercase=True, reach=8,
+        # "token" alone is not a key name here, and it is common in ML data, so the anchors
+        # for access_token, auth_token and api_token include the character before it.
+        tuple(re.compile(word) for word in (rb"key", rb"secret", rb"passw", rb"_token", rb"-token", rb"apitoken")),
+        anchor_lowercase=True,
+        reach=8,
     ),
 )
 _VALUE_GROUP_DETECTORS = ("bearer_token", "secret_assignment")
