@@ -3,7 +3,7 @@
 The file looks like preference data: one JSON object per line with a prompt, a chosen
 and a rejected answer, scores, a timestamp and a small float array. About one line in
 200 contains an e-mail address or a phone number, so the detectors' validators run too.
-The file is written once to `--workdir` (a temporary directory by default); the timed
+The file is written once to `--workdir` (a temporary directory by default). The timed
 part reads it in `--chunk-kb` pieces, as a snapshot's reader thread does, and feeds
 them to one FileScanner. The first read warms the page cache, and the best of
 `--repeats` runs is reported, so the number is the scan's CPU cost, not the disk's.

@@ -334,7 +334,7 @@ def _anchored_matches(detector: Detector, block: bytes, anchor_text: bytes) -> I
             continue
         window_start = max(examined_up_to, position - detector.reach)
         window_end = min(len(block), position + MAX_MATCH)
-        # match() at each possible start, leftmost first as finditer would; a search()
+        # match() at each possible start, leftmost first as finditer would. A search()
         # over the window would try every start up to window_end, which is far slower.
         for start in range(window_start, position + 1):
             match = detector.pattern.match(block, start, window_end)

@@ -162,10 +162,10 @@ class FileScanner:
         self._carry = block[scanned_up_to:]
 
     def _scan_block(self, block: bytes, final: bool, limit: Optional[int] = None) -> int:
-        """Record matches in `block` and return the offset up to which it is done.
+        """Record the matches that start before the returned offset, and return it.
 
-        With final=False only matches that end at or before `limit` count, and the caller
-        keeps block[returned offset:] to scan again with the next data.
+        With final=False the offset is at most `limit`, and it stops short of any match
+        that runs past `limit`. The caller scans block[offset:] again with the next data.
         """
         matches = sorted(find_matches(block, self._detectors), key=lambda m: m[1])
         done = len(block)
