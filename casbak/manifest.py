@@ -9,7 +9,7 @@ history leaves a successor pointing at an id that no longer exists or no longer 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 import msgpack
@@ -17,6 +17,10 @@ import msgpack
 from casbak.errors import CorruptObject
 
 MANIFEST_VERSION = 1
+# Manifests written by `casbak copy` carry `copied_from`. Readers of version 1 reject
+# unknown keys, so those manifests get their own version and every other manifest
+# keeps the exact version 1 encoding.
+COPIED_MANIFEST_VERSION = 2
 
 
 @dataclass
@@ -35,6 +39,14 @@ class Manifest:
     partial: bool = False
     errors: list[dict] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    # PII scan record (casbak.audit.pii.PiiScan.record_map): counts, paths and line
+    # numbers, never matched values. None when the snapshot ran without a scan.
+    pii: Optional[dict] = None
+    copied_from: Optional[str] = None  # id of the source snapshot, set by `casbak copy`
+    # Hex SHA-256 fingerprint of the Ed25519 signing key, and the signature over
+    # signed_bytes(); both absent from unsigned manifests.
+    signer: Optional[str] = None
+    signature: Optional[bytes] = None
     id: str = ""  # not serialised: the digest of the encoded manifest
 
     @property
@@ -50,16 +62,35 @@ class Manifest:
     def encode(self) -> bytes:
         body = asdict(self)
         body.pop("id")
-        body = {"version": MANIFEST_VERSION, "time": self.time_iso, **body}
+        version = MANIFEST_VERSION
+        if self.copied_from is None:
+            body.pop("copied_from")
+        else:
+            version = COPIED_MANIFEST_VERSION
+        for key in ("pii", "signer", "signature"):
+            if body[key] is None:
+                body.pop(key)
+        body = {"version": version, "time": self.time_iso, **body}
         return msgpack.packb(body)
+
+    def signed_bytes(self) -> bytes:
+        """Return the bytes the signature covers: the encoding without the `signature` key.
+
+        They include `previous`, `tree` and `signer`, so a signature binds the snapshot's
+        content, its place in the hash chain and the key that made it.
+        """
+        return replace(self, signature=None).encode()
 
     @classmethod
     def decode(cls, data: bytes, snapshot_id: str) -> "Manifest":
         what = f"snapshot {snapshot_id[:12]}"
         try:
             body = msgpack.unpackb(data)
-            if body.pop("version") != MANIFEST_VERSION:
-                raise CorruptObject(f"{what}: unsupported manifest version")
+            version = body.pop("version")
+            if version not in (MANIFEST_VERSION, COPIED_MANIFEST_VERSION):
+                raise CorruptObject(f"{what}: unsupported manifest version {version!r}")
+            if (version == COPIED_MANIFEST_VERSION) != isinstance(body.get("copied_from"), str):
+                raise CorruptObject(f"{what}: manifest version {version} does not match its copied_from field")
             body.pop("time", None)
             manifest = cls(**body)
         except CorruptObject:
@@ -86,5 +117,8 @@ class Manifest:
             "partial": self.partial,
             "errors": self.errors,
             "stats": self.stats,
+            "pii": self.pii,
             "program_version": self.program_version,
+            "copied_from": self.copied_from,
+            "signer": self.signer,
         }

@@ -1,6 +1,6 @@
 """Tree objects: one directory's entries, serialised canonically so equal trees hash equally.
 
-A tree is the msgpack map {"version": 1, "entries": [entry, ...]} with entries sorted
+A tree is the msgpack map {"version": 1 or 2, "entries": [entry, ...]} with entries sorted
 by their raw name bytes. Each entry is a map whose keys appear in the fixed order of
 ENTRY_FIELDS, holding only the fields of its type. Names and symlink targets are raw
 bytes, so names that are not valid UTF-8 survive unchanged. No floats are stored.
@@ -16,6 +16,10 @@ import msgpack
 from casbak.errors import CorruptObject
 
 TREE_VERSION = 1
+# Trees in which some file entry carries `sha256`. Readers of version 1 reject unknown
+# entry fields, so those trees get their own version, and trees without the field keep
+# the exact version 1 encoding (and digest).
+SHA256_TREE_VERSION = 2
 
 FILE = "file"
 DIRECTORY = "dir"
@@ -28,7 +32,7 @@ ENTRY_TYPES = (FILE, DIRECTORY, SYMLINK, FIFO, CHAR_DEVICE, BLOCK_DEVICE)
 # Serialisation order of entry fields; fields that are None are left out.
 ENTRY_FIELDS = (
     "name", "type", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "inode",
-    "size", "content", "chunks", "subtree", "target", "rdev",
+    "size", "content", "chunks", "subtree", "target", "rdev", "sha256",
 )
 
 
@@ -55,6 +59,9 @@ class Entry:
     subtree: Optional[bytes] = None
     target: Optional[bytes] = None
     rdev: Optional[int] = None
+    # SHA-256 of the whole file content, recorded when the repository's `file_sha256`
+    # setting is on, so that auditors can check restored files with sha256sum.
+    sha256: Optional[bytes] = None
 
     def to_wire(self) -> dict:
         wire = {}
@@ -91,15 +98,18 @@ class Tree:
     def encode(self) -> bytes:
         ordered = sorted(self.entries, key=lambda e: e.name)
         _check_unique(ordered)
-        return msgpack.packb({"version": TREE_VERSION, "entries": [e.to_wire() for e in ordered]})
+        version = SHA256_TREE_VERSION if any(e.sha256 is not None for e in ordered) else TREE_VERSION
+        return msgpack.packb({"version": version, "entries": [e.to_wire() for e in ordered]})
 
     @classmethod
     def decode(cls, data: bytes, what: str = "tree") -> "Tree":
         try:
             body = msgpack.unpackb(data, strict_map_key=True)
-            if not isinstance(body, dict) or body.get("version") != TREE_VERSION:
-                raise CorruptObject(f"{what}: not a version {TREE_VERSION} tree")
+            if not isinstance(body, dict) or body.get("version") not in (TREE_VERSION, SHA256_TREE_VERSION):
+                raise CorruptObject(f"{what}: not a version {TREE_VERSION} or {SHA256_TREE_VERSION} tree")
             entries = [Entry.from_wire(wire) for wire in body["entries"]]
+            if (body["version"] == SHA256_TREE_VERSION) != any(e.sha256 is not None for e in entries):
+                raise CorruptObject(f"{what}: tree version {body['version']} does not match its sha256 fields")
         except CorruptObject as exc:
             raise CorruptObject(f"{what}: {exc}") from exc
         except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
@@ -132,6 +142,8 @@ def _check_entry(entry: Entry) -> None:
     integers = [entry.mode, entry.uid, entry.gid, entry.mtime_ns]
     if any(not isinstance(v, int) for v in integers):
         raise CorruptObject(f"entry {entry.name!r}: metadata fields must be integers")
+    if entry.sha256 is not None and (entry.type != FILE or not isinstance(entry.sha256, bytes) or len(entry.sha256) != 32):
+        raise CorruptObject(f"entry {entry.name!r}: sha256 must be a 32-byte digest of a file's content")
     if entry.type == FILE:
         if not isinstance(entry.size, int) or entry.chunks is None or not isinstance(entry.content, bytes):
             raise CorruptObject(f"entry {entry.name!r}: file without size, chunks or content hash")

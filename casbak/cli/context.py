@@ -26,6 +26,8 @@ class CliState:
     quiet: bool = False
     verbose: int = 0
     no_cache: bool = False
+    # --signing-key: the Ed25519 key file that signs new snapshots (see casbak.audit.signing).
+    signing_key: Optional[str] = None
 
     def require_repo(self) -> str:
         if not self.repo:
@@ -69,7 +71,9 @@ def _read_password_file(path: str) -> bytes:
         with open(os.path.expanduser(path), "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        raise PasswordMissing(f"password file {path}: cannot be read ({exc.strerror})") from exc
+        raise PasswordMissing(
+            f"password file {path}: cannot be read ({exc.strerror}); check --password-file or CASBAK_PASSWORD_FILE"
+        ) from exc
     # A trailing newline is an editor artefact, not part of the password.
     return data.rstrip(b"\r\n")
 

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from casbak.cli.audit_cmd import init_signing_key
 from casbak.cli.context import CliState
 from casbak.crypto import KdfParams
 from casbak.errors import PasswordMissing, UsageError
@@ -139,6 +140,14 @@ def passwd_command(
         state.emit_json({"added": new_key_id, "removed": old_key_id})
     elif not state.quiet:
         typer.echo(f"changed password: added key {new_key_id}, removed key {old_key_id}")
+
+
+@key_app.command("signing-init")
+def signing_init_command(ctx: typer.Context) -> None:
+    """Create an Ed25519 snapshot signing key outside the repository and store its public key inside."""
+    state: CliState = ctx.obj
+    repository = state.open_repository()
+    init_signing_key(state, repository)
 
 
 def register(app: typer.Typer) -> None:

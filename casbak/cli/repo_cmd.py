@@ -35,6 +35,10 @@ def init(
     object_lock_mode: str = typer.Option(
         "governance", help="S3 Object Lock mode: governance (removable with a bypass permission) or compliance.",
     ),
+    no_file_sha256: bool = typer.Option(
+        False, "--no-file-sha256",
+        help="Do not record a SHA-256 of every file (saves CPU; `casbak audit export` then cannot list them).",
+    ),
 ) -> None:
     """Create a new repository (encrypted unless --insecure-no-encryption)."""
     state = ctx.obj
@@ -57,6 +61,7 @@ def init(
         pack_size=pack_size * 1024 * 1024,
         object_lock_days=object_lock_days,
         object_lock_mode=object_lock_mode,
+        file_sha256=not no_file_sha256,
     )
     backend = open_backend(location, state.options)
     if object_lock_days:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -35,16 +35,27 @@ def verify(
         False, "--no-lock",
         help="Take no shared lock (for read-only storage); a gc running meanwhile can then cause false errors.",
     ),
+    ledger: bool = typer.Option(
+        False, "--ledger", help="Also check every manifest signature and name the first broken link of the chain.",
+    ),
+    signer: List[str] = typer.Option(
+        [], "--signer", metavar="FINGERPRINT",
+        help="With --ledger, trust only this signer (hex SHA-256 of its public key; repeatable).",
+    ),
 ) -> None:
     """Check that the repository is complete and undamaged; exit 5 when it is not."""
     if snapshot is not None and not restore_drill:
         raise UsageError(f"snapshot {snapshot!r} given without --restore-drill; verify always checks every snapshot")
+    if signer and not ledger:
+        raise UsageError("--signer given without --ledger; signatures are checked only with --ledger")
     options = VerifyOptions(
         read_data=read_data,
         subset=parse_subset(read_data_subset) if read_data_subset is not None else None,
         restore_drill=(snapshot or "latest") if restore_drill else None,
         workers=workers,
         lock=not no_lock,
+        ledger=ledger,
+        signers=frozenset(s.strip().lower() for s in signer) or None,
     )
     state = ctx.obj
     repository = state.open_repository()
@@ -73,6 +84,8 @@ def _print_text(result: VerifyResult, quiet: bool) -> None:
     if stats.packs_read:
         summary += f", {stats.packs_read} packs read ({format_size(stats.bytes_read)}, {stats.objects_read} objects)"
     typer.echo(summary)
+    if result.first_broken_link is not None:
+        typer.echo(f"first broken link: {result.first_broken_link.message}", err=True)
     if result.drill is not None:
         drill = result.drill
         typer.echo(

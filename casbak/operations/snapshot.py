@@ -10,6 +10,7 @@ bounded whatever the size of the tree or of any file.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import logging
 import os
 import socket
@@ -22,6 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Sequence, Union
 
 from casbak import __version__
+from casbak.audit.pii import PiiScan
+from casbak.audit.signing import SigningKey, sign_manifest
 from casbak.catalog import find_parent, load_manifests, load_tree, resolve_snapshot
 from casbak.chunking import Chunker, ChunkerParams
 from casbak.errors import UsageError
@@ -116,6 +119,8 @@ def _create_snapshot_locked(
     exclude: Optional[PathFilter] = None,
     one_file_system: bool = False,
     streams: Sequence[StreamSource] = (),
+    signing_key: Optional[SigningKey] = None,
+    pii_scan: Optional[PiiScan] = None,
 ) -> SnapshotResult:
     """Snapshot `sources` (local paths) and return the written manifest with statistics.
 
@@ -125,6 +130,9 @@ def _create_snapshot_locked(
     `errors`, and mark the snapshot partial. Entries that `exclude` matches (or that lie
     on another file system, with `one_file_system`) are left out and counted. Each of
     `streams` becomes one file; a stream whose producer fails aborts the whole snapshot.
+    With `signing_key`, the manifest carries an Ed25519 signature (see casbak.audit.signing).
+    With `pii_scan`, text-like files are scanned as they are chunked and the manifest gets
+    a `pii` record; in fail mode, findings raise PiiFound before the manifest is written.
     """
     started = time.monotonic()
     hostname = hostname or socket.gethostname()
@@ -141,10 +149,15 @@ def _create_snapshot_locked(
         parent_manifest = find_parent(repository, hostname, source_names)
     if parent_manifest:
         log.info("using parent snapshot %s", parent_manifest.id[:12])
+    if pii_scan is not None and parent_manifest is not None and not pii_scan.use_parent(parent_manifest.pii):
+        # Unchanged files are not read, and the parent has no scan result to take over.
+        log.info("parent snapshot %s has no PII scan record; reading every file", parent_manifest.id[:12])
+        full_read = True
 
     with repository.writer() as writer:
         archiver = _Archiver(repository, writer, progress or Progress(), full_read, reader_threads)
         archiver.path_filter = path_filter if path_filter.active else None
+        archiver.pii_scan = pii_scan
         try:
             root = archiver.archive_sources(roots, parent_manifest.tree if parent_manifest else None, streams)
             writer.flush()
@@ -158,6 +171,10 @@ def _create_snapshot_locked(
         archiver.stats.trees_new = writer.stats.per_kind_new[KIND_TREE]
 
     archiver.stats.duration_seconds = round(time.monotonic() - started, 3)
+    if pii_scan is not None:
+        # Raises in fail mode. The packs written so far are indexed, so a later run reuses
+        # them, and gc removes them if no snapshot ever does.
+        pii_scan.check()
     existing = load_manifests(repository)
     manifest = Manifest(
         time_ns=time.time_ns(),
@@ -172,7 +189,10 @@ def _create_snapshot_locked(
         partial=bool(archiver.errors),
         errors=archiver.errors,
         stats=asdict(archiver.stats),
+        pii=pii_scan.record_map() if pii_scan is not None else None,
     )
+    if signing_key is not None:
+        sign_manifest(manifest, signing_key)
     # The manifest is written last: every object it references is already indexed.
     lock.ensure_held()
     manifest.id = repository.write_manifest(manifest.encode())
@@ -195,7 +215,7 @@ def _absolute_sources(sources: Sequence[str]) -> list[bytes]:
     for source in sources:
         path = os.path.abspath(os.fsencode(os.path.expanduser(source)))
         if not os.path.lexists(path):
-            raise UsageError(f"source {source}: no such file or directory")
+            raise UsageError(f"source {source}: no such file or directory; check the path (no snapshot was written)")
         roots.append(path)
     roots = sorted(set(roots))
     for outer in roots:
@@ -223,6 +243,7 @@ class _Archiver:
         self._max_window = 8 * reader_threads
         self._pending: deque[_DirNode] = deque()
         self.path_filter: Optional[PathFilter] = None
+        self.pii_scan: Optional[PiiScan] = None
 
     # Walking
 
@@ -330,6 +351,9 @@ class _Archiver:
         if not self.full_read and self._unchanged(parent_entry, st):
             entry = _metadata_entry(name, FILE, st)
             entry.size, entry.chunks, entry.content = parent_entry.size, parent_entry.chunks, parent_entry.content
+            entry.sha256 = parent_entry.sha256
+            if self.pii_scan is not None:
+                self.pii_scan.carry_unchanged(_path_text(path))
             with self._lock:
                 self.stats.files_unmodified += 1
                 self.stats.bytes_total += entry.size
@@ -362,6 +386,10 @@ class _Archiver:
             and parent_entry.inode == st.st_ino
             and parent_entry.ctime_ns == st.st_ctime_ns
         )
+        # A parent entry without the SHA-256 that this repository records forces a re-read,
+        # so that a snapshot never has gaps in its per-file hashes.
+        if self.repository.config.file_sha256 and parent_entry.sha256 is None:
+            return False
         # A chunk missing from the index (pruned since) forces a re-read.
         return same and all(self.writer.has(c) for c in parent_entry.chunks)
 
@@ -405,6 +433,7 @@ class _Archiver:
         # mtime or ctime and reads it again.
         entry = _metadata_entry(name, FILE, before)
         entry.size, entry.chunks, entry.content = size, chunks, content
+        entry.sha256 = self._local.sha256
         with self._lock:
             if existed:
                 self.stats.files_changed += 1
@@ -422,6 +451,7 @@ class _Archiver:
         # Owner-only mode: database dumps and similar streams often hold private data.
         entry = Entry(name=name, type=FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(), mtime_ns=time.time_ns())
         entry.size, entry.chunks, entry.content = size, chunks, content
+        entry.sha256 = self._local.sha256
         with self._lock:
             self.stats.files_new += 1
             self.stats.bytes_total += size
@@ -432,17 +462,29 @@ class _Archiver:
         chunker = self._chunker()
         hasher = self.repository.hasher
         content = hasher.stream()
+        sha256 = hashlib.sha256() if self.repository.config.file_sha256 else None
+        self._local.sha256 = None
+        scanner = self.pii_scan.scanner_for(_path_text(path)) if self.pii_scan is not None else None
         chunks: list[bytes] = []
         size = 0
         for chunk in chunker.chunks(handle):
             digest = hasher.digest(chunk)
             content.update(chunk)
+            if sha256 is not None:
+                sha256.update(chunk)
+            if scanner is not None:
+                scanner.feed(chunk)
             self.writer.put(KIND_DATA, chunk, digest)
             chunks.append(digest)
             size += len(chunk)
             self.progress.bytes_done(len(chunk))
         with self._lock:
             self.stats.bytes_read += size
+        if scanner is not None:
+            self.pii_scan.record(scanner.finish())
+        # The SHA-256 goes back through the thread-local, so the return value stays the same
+        # for every caller. Each caller reads it right after this call, in the same thread.
+        self._local.sha256 = sha256.digest() if sha256 is not None else None
         return chunks, size, content.digest()
 
     def _chunker(self) -> Chunker:

@@ -42,6 +42,9 @@ class RepositoryConfig:
     # S3 Object Lock retention of new packs, index files and manifests; 0 days is off.
     object_lock_days: int = 0
     object_lock_mode: str = "governance"
+    # Record a SHA-256 of every file next to its BLAKE3 content hash. On for new
+    # repositories; a config without the key (written before the setting existed) is off.
+    file_sha256: bool = True
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -57,6 +60,7 @@ class RepositoryConfig:
                 # Written only when set, so configs without Object Lock keep their old bytes.
                 **({"object_lock": {"days": self.object_lock_days, "mode": self.object_lock_mode}}
                    if self.object_lock_days else {}),
+                **({"file_sha256": True} if self.file_sha256 else {}),
             }
         )
 
@@ -88,6 +92,7 @@ class RepositoryConfig:
                 created=str(body["created"]),
                 object_lock_days=int(body.get("object_lock", {}).get("days", 0)),
                 object_lock_mode=str(body.get("object_lock", {}).get("mode", "governance")),
+                file_sha256=body.get("file_sha256", False) is True,
             )
         # OverflowError comes from int() of an infinite float, AttributeError from a
         # field that should be a map but is not.

@@ -374,7 +374,8 @@ def test_json_findings_share_one_schema(three_snapshots):
     report = verify_repository(reopen(repository)).to_dict()
 
     assert report["ok"] is False
-    assert set(report) == {"ok", "errors", "warnings", "stats", "drill"}
+    assert set(report) == {"ok", "errors", "warnings", "stats", "drill", "first_broken_link"}
+    assert report["first_broken_link"] is None
     for error in report["errors"]:
         assert set(error) == set(FINDING_KEYS) | {"affected_total"}
 

@@ -19,9 +19,11 @@ import blake3
 import msgpack
 import pytest
 import zstandard
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from casbak import crypto, manifest, tree
+from casbak.audit import signing
 from casbak.catalog import load_tree, resolve_snapshot
 from casbak.operations.restore import restore_snapshot
 from casbak.operations.snapshot import create_snapshot
@@ -92,7 +94,10 @@ def constant_values() -> dict[str, object]:
         "pack header version": packs.PACK_VERSION,
         "index version": index.INDEX_VERSION,
         "tree version": tree.TREE_VERSION,
+        "sha256 tree version": tree.SHA256_TREE_VERSION,
+        "signer record version": signing.SIGNER_RECORD_VERSION,
         "manifest version": manifest.MANIFEST_VERSION,
+        "copied manifest version": manifest.COPIED_MANIFEST_VERSION,
         "key file version": keys.KEY_VERSION,
         "config version": config.REPOSITORY_VERSION,
         "nonce size": crypto.NONCE_SIZE,
@@ -170,8 +175,56 @@ def test_manifest_fields_match_code():
     stated = key_column(section("Manifests and the hash chain"))
     record = manifest.Manifest(0, "host", "user", ["/src"], b"\x00" * 32, "0")
     encoded = list(msgpack.unpackb(record.encode()))
+    copied = manifest.Manifest(0, "host", "user", ["/src"], b"\x00" * 32, "0", copied_from="ab" * 32, pii={})
+    encoded_copy = msgpack.unpackb(copied.encode())
 
-    assert stated == encoded
+    assert stated == list(encoded_copy)
+    assert encoded == [key for key in stated if key not in ("copied_from", "pii")]
+    assert encoded_copy["version"] == manifest.COPIED_MANIFEST_VERSION
+
+
+def test_manifest_pii_fields_match_code(tmp_path):
+    from casbak.audit.pii import PiiScan
+
+    source = tmp_path / "notes.txt"
+    source.write_bytes(b"write to jane.doe@mailhost.io\n")
+    scan = PiiScan("warn")
+    scanner = scan.scanner_for(str(source))
+    scanner.feed(source.read_bytes())
+    scan.record(scanner.finish())
+    record = scan.record_map()
+    text = section("Manifests and the hash chain")
+    pii_tables = [rows for cells, rows in tables(text) if cells[:2] == ["Key", "Type"]]
+
+    assert [unquote(row[0]) for row in pii_tables[1]] == list(record)
+    assert [unquote(row[0]) for row in pii_tables[2]] == list(record["findings"][0])
+
+
+def test_manifest_signature_fields_match_code():
+    key = Ed25519PrivateKey.generate()
+    signer = signing.SigningKey(key, signing.fingerprint_of(key.public_key()))
+    record = manifest.Manifest(0, "host", "user", ["/src"], b"\x00" * 32, "0", previous="cd" * 32)
+    signing.sign_manifest(record, signer)
+    stored = msgpack.unpackb(record.encode())
+    text = section("Manifests and the hash chain")
+    signature_table = next(rows for cells, rows in tables(text) if [unquote(row[0]) for row in rows] == ["signer", "signature"])
+    signed = dict(stored)
+    del signed["signature"]
+
+    assert list(stored)[-2:] == [unquote(row[0]) for row in signature_table]
+    assert [k for k in key_column(text) if k not in ("pii", "copied_from")] == list(stored)[:-2]
+    # The page's rule: drop `signature`, re-encode, verify.
+    key.public_key().verify(stored["signature"], msgpack.packb(signed))
+
+
+def test_signer_record_fields_match_code(repository):
+    key = Ed25519PrivateKey.generate()
+    fingerprint = signing.publish_public_key(repository, key.public_key())
+    stored = repository.backend.read(f"{signing.SIGNERS_PREFIX}/{fingerprint}")
+    body = msgpack.unpackb(repository.sealer.open(stored))
+
+    assert key_column(section("Signers")) == list(body)
+    assert hashlib.sha256(body["public_key"]).hexdigest() == fingerprint
 
 
 def test_key_file_fields_match_code(repository):
@@ -185,9 +238,13 @@ def test_key_file_fields_match_code(repository):
 def test_config_fields_match_code():
     rows = table(section("Config"), "Key", "Type")
     required = [unquote(row[0]) for row in rows if "optional" not in row[1]]
+    optional = [unquote(row[0]) for row in rows if "optional" in row[1]]
     body = msgpack.unpackb(small_config().encode())
 
-    assert required == list(body)
+    assert required == [key for key in body if key not in optional]
+    assert set(body) <= set(required) | set(optional)
+    assert body["file_sha256"] is True
+    assert "file_sha256" not in msgpack.unpackb(small_config(file_sha256=False).encode())
     assert body["hash"] == config.HASH_KEYED
     assert msgpack.unpackb(small_config(encrypted=False).encode())["hash"] == config.HASH_PLAIN
 
@@ -218,6 +275,7 @@ def test_layout_names_every_prefix(repository, tmp_path):
     stated = {unquote(row[0]).rstrip("/") for row in table(layout, "Prefix", "Name of each file")}
     stored = set(os.listdir(repository.backend.root))
     code_prefixes = {
+        signing.SIGNERS_PREFIX,
         repository_module.CONFIG_NAME, keys.KEYS_PREFIX, repository_module.SNAPSHOTS_PREFIX, *packs.KINDS, "index"
     }
     for module, attribute in (("casbak.operations.forget", "FORGOTTEN_PREFIX"), ("casbak.store.locks", "LOCKS_PREFIX")):
@@ -277,6 +335,7 @@ def golden_tree(digest, first: bytes, second: bytes) -> tuple[bytes, bytes, byte
         "size": len(content),
         "content": digest(content),
         "chunks": [digest(first), digest(second)],
+        "sha256": hashlib.sha256(content).digest(),
     }
     link_entry = {
         "name": b"z-link",
@@ -290,7 +349,8 @@ def golden_tree(digest, first: bytes, second: bytes) -> tuple[bytes, bytes, byte
     # "b-\xff" sorts before "prefs" and "z-link" by raw bytes; it is not valid UTF-8.
     empty_entry = {"name": b"b-\xff", "type": "file", "mode": 0o600, "uid": 0, "gid": 0, "mtime_ns": 0,
                    "size": 0, "content": digest(b""), "chunks": []}
-    leaf = msgpack.packb({"version": 1, "entries": [empty_entry, file_entry, link_entry]})
+    # Version 2: the file entry carries `sha256`.
+    leaf = msgpack.packb({"version": 2, "entries": [empty_entry, file_entry, link_entry]})
     directory = {"name": b"golden", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0, "mtime_ns": 0,
                  "subtree": digest(leaf)}
     root = msgpack.packb({"version": 1, "entries": [directory]})

@@ -35,6 +35,7 @@ from casbak.operations.verify.structure import (
     load_manifests,
     parse_forget_record,
 )
+from casbak.operations.verify.signatures import check_ledger
 from casbak.operations.verify.trees import TreeChecker
 from casbak.store.locks import SHARED, RepositoryLock
 from casbak.store.repository import Repository
@@ -71,6 +72,9 @@ class VerifyOptions:
     drill_dir: Optional[str] = None
     workers: int = 4
     lock: bool = True
+    # `ledger` also checks every manifest signature; `signers` pins the trusted fingerprints.
+    ledger: bool = False
+    signers: Optional[frozenset[str]] = None
 
 
 def verify_repository(repository: Repository, options: VerifyOptions = VerifyOptions()) -> VerifyResult:
@@ -100,6 +104,8 @@ def _verify(repository: Repository, options: VerifyOptions) -> VerifyResult:
     forgotten = load_forgotten_ids(repository, result)
     listed = load_manifests(repository, state, result)
     check_chain(state, listed, forgotten, result)
+    if options.ledger:
+        result.first_broken_link = check_ledger(repository, state, result, set(options.signers) if options.signers else None)
 
     checker = TreeChecker(repository, state, result)
     for manifest in state.manifests:

@@ -111,6 +111,8 @@ class VerifyResult:
     warnings: list[Finding] = field(default_factory=list)
     stats: VerifyStats = field(default_factory=VerifyStats)
     drill: Optional[DrillStats] = None
+    # Set by `verify --ledger`: the chain or signature error earliest in chain order.
+    first_broken_link: Optional[Finding] = None
 
     @property
     def ok(self) -> bool:
@@ -123,4 +125,5 @@ class VerifyResult:
             "warnings": [finding.to_dict() for finding in self.warnings],
             "stats": asdict(self.stats),
             "drill": asdict(self.drill) if self.drill is not None else None,
+            "first_broken_link": self.first_broken_link.to_dict() if self.first_broken_link is not None else None,
         }
