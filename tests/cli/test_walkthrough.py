@@ -195,6 +195,24 @@ def test_missing_repository_suggests_check(tmp_path):
     assert "check --repo or CASBAK_REPOSITORY" in result.stderr
 
 
+def test_missing_password_file_names_option(repository, repo_path, tmp_path):
+    result = run_casbak(tmp_path, "-r", str(repo_path), "--password-file", str(tmp_path / "nofile"),
+                        "snapshots", password=None)
+
+    assert result.returncode == 1
+    assert "nofile: cannot be read" in result.stderr
+    assert "check --password-file or CASBAK_PASSWORD_FILE" in result.stderr
+
+
+def test_missing_source_says_nothing_written(repository, repo_path, tmp_path):
+    result = run_casbak(tmp_path, "-r", str(repo_path), "snapshot", str(tmp_path / "missing"))
+
+    assert result.returncode == 2
+    assert "missing: no such file or directory" in result.stderr
+    assert "no snapshot was written" in result.stderr
+    assert list(repo_path.glob("snapshots/*")) == []
+
+
 def test_restore_accepts_date_selector(two_chunk_snapshot, tmp_path):
     help_text = run_casbak(tmp_path, "restore", "--help").stdout
     source = two_chunk_snapshot["source"]
