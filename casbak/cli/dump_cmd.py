@@ -98,7 +98,10 @@ def dump(
     except BrokenPipeError as exc:
         # Point stdout at /dev/null, so the interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise OutputClosed("dump: the output was closed before the dump finished (did the reading command fail?)") from exc
+        raise OutputClosed(
+            "dump: the reading command closed the pipe before the dump finished, so it received only part "
+            "of the data; this is expected after `head`, otherwise check why the reading command stopped"
+        ) from exc
     finally:
         if output:
             handle.close()

@@ -257,3 +257,19 @@ def test_restore_target_is_file(two_chunk_snapshot, tmp_path):
     assert f"target {target}: exists and is not a directory" in result.stderr
     assert "choose another --target" in result.stderr
     assert target.read_bytes() == b"not a directory\n"
+
+
+def test_dump_closed_pipe_explains(repository, repo_path, tmp_path):
+    source = tmp_path / "src"
+    make_tree(source, {"big.jsonl": os.urandom(4 * 1024 * 1024)})
+    snapshot_id = create_snapshot(repository, [str(source)]).manifest.id
+    casbak = casbak_shim(tmp_path / "bin")
+    env = {**cli_environment(tmp_path / "bin"), "CASBAK_PASSWORD": PASSWORD.decode()}
+    # head exits after one byte, long before 4 MiB fit into the pipe buffer.
+    pipeline = f'"{casbak}" -r "{repo_path}" dump {snapshot_id} "{source}/big.jsonl" | head -c 1 > /dev/null; exit ${{PIPESTATUS[0]}}'
+
+    result = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True, env=env, timeout=120)
+
+    assert result.returncode == 1
+    assert "closed the pipe before the dump finished" in result.stderr
+    assert "expected after `head`" in result.stderr
