@@ -73,6 +73,8 @@ class Profile:
     notify_url: Optional[str] = None
     notify_on: str = "failure"
     metrics_file: Optional[str] = None
+    pii_scan: Optional[str] = None
+    pii_allowlist: Optional[str] = None
     options: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -26,6 +26,8 @@ from casbak.cli.output import display_path, format_size
 from casbak.cli.profiles import NOTIFY_ON_VALUES, Profile, ProfileLocked, current_profile, profile_lock
 from casbak.cli.progress import make_progress
 from casbak.errors import EXIT_OK, EXIT_PARTIAL, CasbakError, UsageError
+from casbak.audit.pii import MODE_OFF, PII_MODES, PiiScan
+from casbak.audit.signing import signing_key_for
 from casbak.operations.snapshot import SnapshotResult, create_snapshot
 from casbak.operations.sources import (
     CommandSource,
@@ -58,6 +60,8 @@ class SnapshotSettings:
     notify_url: Optional[str] = None
     notify_on: str = "failure"
     metrics_file: Optional[str] = None
+    pii_scan: str = MODE_OFF
+    pii_allowlist: Optional[str] = None
 
 
 def merge_settings(profile: Optional[Profile], **given) -> SnapshotSettings:
@@ -70,6 +74,7 @@ def merge_settings(profile: Optional[Profile], **given) -> SnapshotSettings:
             one_file_system=profile.one_file_system, host=profile.host,
             stdin_filename=profile.stdin_filename, stdin_from_command=profile.stdin_from_command,
             notify_url=profile.notify_url, notify_on=profile.notify_on, metrics_file=profile.metrics_file,
+            pii_scan=profile.pii_scan or MODE_OFF, pii_allowlist=profile.pii_allowlist,
         )
     for name, value in given.items():
         # Empty lists and unset options mean "not given"; flags only ever switch on.
@@ -81,6 +86,8 @@ def merge_settings(profile: Optional[Profile], **given) -> SnapshotSettings:
         raise UsageError(f"--notify-on {settings.notify_on!r}: must be one of {', '.join(NOTIFY_ON_VALUES)}")
     if settings.stdin and settings.stdin_from_command:
         raise UsageError("--stdin and --stdin-from-command: give only one of them")
+    if settings.pii_scan not in PII_MODES:
+        raise UsageError(f"--pii-scan {settings.pii_scan!r}: must be one of {', '.join(PII_MODES)}")
     return settings
 
 
@@ -118,6 +125,8 @@ def snapshot(
     notify_url: Optional[str] = typer.Option(None, "--notify-url", help="POST a JSON run summary to this URL (on failure, or always with --notify-on always)."),
     notify_on: Optional[str] = typer.Option(None, "--notify-on", help="When to call --notify-url: failure (default; includes partial runs) or always."),
     metrics_file: Optional[str] = typer.Option(None, "--metrics-file", help="Write Prometheus gauges of this run to this file (node_exporter textfile collector)."),
+    pii_scan: Optional[str] = typer.Option(None, "--pii-scan", help="Scan text-like files for personal data and secrets: off (default), warn (record findings in the manifest) or fail (write no snapshot, exit code 6)."),
+    pii_allowlist: Optional[str] = typer.Option(None, "--pii-allowlist", help="File of DETECTOR:PATH-GLOB and DETECTOR:sha256:HEX lines that suppress known false positives."),
 ) -> None:
     """Snapshot files, standard input or a command's output; only new chunks are stored."""
     state = ctx.obj
@@ -128,7 +137,7 @@ def snapshot(
             profile, paths=paths or [], tags=tag, excludes=exclude, exclude_files=exclude_file,
             exclude_larger_than=exclude_larger_than, one_file_system=one_file_system, host=host, stdin=stdin,
             stdin_filename=stdin_filename, stdin_from_command=stdin_from_command, notify_url=notify_url,
-            notify_on=notify_on, metrics_file=metrics_file,
+            notify_on=notify_on, metrics_file=metrics_file, pii_scan=pii_scan, pii_allowlist=pii_allowlist,
         )
     except CasbakError as exc:
         # Without valid settings there is no webhook or metrics file to report to.
@@ -160,7 +169,10 @@ def _run(state, settings: SnapshotSettings, parent: Optional[str], force: bool) 
     path_filter = build_filter(settings)
     if not settings.paths and not settings.stdin and not settings.stdin_from_command:
         raise UsageError("nothing to snapshot: give paths, --stdin, --stdin-from-command, or a --profile with sources")
+    pii_scan = PiiScan.from_options(settings.pii_scan, settings.pii_allowlist)
     repository = state.open_repository()
+    # Loaded before any stream starts or data is read, so a missing key password fails fast.
+    signing_key = signing_key_for(repository, state.signing_key)
     with ExitStack() as stack:
         # Started only once the repository is open, so a wrong password never runs pg_dump.
         streams = open_streams(settings, stack)
@@ -170,6 +182,7 @@ def _run(state, settings: SnapshotSettings, parent: Optional[str], force: bool) 
             return create_snapshot(
                 repository, settings.paths, tags=settings.tags, parent=parent, full_read=force,
                 hostname=settings.host, progress=progress, exclude=path_filter, streams=streams,
+                signing_key=signing_key, pii_scan=pii_scan,
             )
         finally:
             progress.stop()
@@ -207,9 +220,28 @@ def _report_result(state, settings: SnapshotSettings, report: RunReport, result:
     for error in result.errors:
         shown = display_path(error["path"].encode("utf-8", "surrogateescape"))
         typer.echo(f"casbak: not stored: {shown}: {error['error']}", err=True)
+    _report_pii(manifest)
     if result.errors:
         typer.echo(f"casbak: snapshot {manifest.id[:12]} is partial: {len(result.errors)} entries could not be read", err=True)
     return report.exit_code
+
+
+def _report_pii(manifest) -> None:
+    """Print a one-line PII scan summary on standard error: counts only, never values."""
+    record = manifest.pii
+    if not record:
+        return
+    if record["incomplete"]:
+        typer.echo(f"casbak: PII scan incomplete for {len(record['incomplete'])} files (see `casbak audit pii`)", err=True)
+    if not record["counts"]:
+        return
+    files = len({row["path"] for row in record["findings"]})
+    counts = ", ".join(f"{name} {number}" for name, number in record["counts"].items())
+    typer.echo(
+        f"casbak: PII scan: {sum(record['counts'].values())} matches in {files} files ({counts}); "
+        f"run `casbak audit pii {manifest.id[:12]}` for paths and line numbers",
+        err=True,
+    )
 
 
 def _publish(state, settings: SnapshotSettings, report: RunReport) -> None:
