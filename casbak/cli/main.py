@@ -16,6 +16,8 @@ from casbak.cli import key_cmd
 from casbak.cli import verify_cmd
 from casbak.cli import dump_cmd, find_cmd, stats_cmd, tag_cmd
 from casbak.cli import gc_cmd
+from casbak.cli import copy_cmd
+from casbak.cli import audit_cmd
 from casbak.cli.context import CliState, parse_options
 from casbak.cli.profiles import apply_profile, load_profile
 from casbak.errors import CasbakError, IntegrityError
@@ -60,6 +62,11 @@ def global_options(
     config: Optional[str] = typer.Option(
         None, "--config", help="TOML config file with profiles (default: $XDG_CONFIG_HOME/casbak/config.toml).",
     ),
+    signing_key: Optional[str] = typer.Option(
+        None, "--signing-key", envvar="CASBAK_SIGNING_KEY",
+        help="Ed25519 key file that signs new snapshots (default: $XDG_CONFIG_HOME/casbak/signing/<repository id>.pem "
+        "when it exists); its password comes from CASBAK_SIGNING_KEY_PASSWORD.",
+    ),
 ) -> None:
     ctx.obj = CliState(
         repo=repo,
@@ -70,6 +77,7 @@ def global_options(
         quiet=quiet,
         verbose=verbose,
         no_cache=no_cache,
+        signing_key=signing_key,
     )
     _configure_logging(quiet, verbose)
     if profile:
@@ -96,12 +104,16 @@ dump_cmd.register(app)
 stats_cmd.register(app)
 find_cmd.register(app)
 tag_cmd.register(app)
+copy_cmd.register(app)
+audit_cmd.register(app)
 
 
 # Options of the top-level callback that users may also write after the command name,
 # as restic and other backup tools accept; main() moves them to the front.
 _GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--verbose", "-v", "-vv", "-vvv", "--no-cache"}
-_GLOBAL_OPTIONS = {"--repo", "-r", "--password-file", "--password-command", "--option", "-o", "--profile", "--config"}
+_GLOBAL_OPTIONS = {
+    "--repo", "-r", "--password-file", "--password-command", "--option", "-o", "--profile", "--config", "--signing-key",
+}
 
 
 def hoist_global_options(args: list[str]) -> list[str]:
