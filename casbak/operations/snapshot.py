@@ -39,6 +39,9 @@ from casbak.tree import BLOCK_DEVICE, CHAR_DEVICE, DIRECTORY, FIFO, FILE, SYMLIN
 
 log = logging.getLogger(__name__)
 
+# Files up to this size are read by the walker itself instead of a reader thread.
+INLINE_READ_LIMIT = 64 * 1024
+
 # How often a file that changes while it is read is read again before it is stored as is.
 READ_ATTEMPTS = 3
 
@@ -330,7 +333,9 @@ class _Archiver:
             if child is not None:
                 node.children.append(child)
         elif stat.S_ISREG(mode):
-            node.children.append(self._file_entry(path, name, st, parent_entry))
+            child = self._file_entry(path, name, st, parent_entry)
+            if child is not None:
+                node.children.append(child)
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
@@ -347,7 +352,9 @@ class _Archiver:
         else:
             self._record_warning(path, "skipped: sockets and other special files are not stored")
 
-    def _file_entry(self, path: bytes, name: bytes, st: os.stat_result, parent_entry: Optional[Entry]) -> Union[Entry, Future]:
+    def _file_entry(
+        self, path: bytes, name: bytes, st: os.stat_result, parent_entry: Optional[Entry]
+    ) -> Union[Entry, Future, None]:
         if not self.full_read and self._unchanged(parent_entry, st):
             entry = _metadata_entry(name, FILE, st)
             entry.size, entry.chunks, entry.content = parent_entry.size, parent_entry.chunks, parent_entry.content
@@ -359,6 +366,10 @@ class _Archiver:
                 self.stats.bytes_total += entry.size
             self.progress.file_done(path, entry.size, read=False)
             return entry
+        if st.st_size <= INLINE_READ_LIMIT:
+            # A pool task costs more than reading a small file here: a Future, a lock
+            # and two thread switches. Compression still runs in the writer's pool.
+            return self._read_file(path, name, parent_entry is not None)
         if len(self._window) >= self._max_window:
             self._window.popleft().result()
             self._drain(block=False)

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
+from casbak.store.allocator import pin_mmap_threshold
 from casbak.store.index import PackInfo, encode_index
 from casbak.store.packs import KIND_DATA, KIND_TREE, PackBuilder, pack_path
 
@@ -57,6 +58,7 @@ class ObjectWriter:
         upload_workers: int = 2,
         index_every: int = 4,
     ) -> None:
+        pin_mmap_threshold()
         self.repository = repository
         self.stats = WriteStats()
         self._index_every = index_every

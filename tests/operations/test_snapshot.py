@@ -19,7 +19,7 @@ from casbak.errors import UsageError
 from casbak.catalog import find_parent, load_manifest, lookup_path
 from casbak.operations.progress import Progress
 from casbak.operations.restore import restore_snapshot
-from casbak.operations.snapshot import READ_ATTEMPTS, create_snapshot
+from casbak.operations.snapshot import INLINE_READ_LIMIT, READ_ATTEMPTS, create_snapshot
 from casbak.store.repository import Repository
 from casbak.tree import FILE
 from tests.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKER, make_tree, small_config
@@ -260,6 +260,11 @@ def test_explicit_parent_and_no_parent(repository, tmp_path):
 # Unreadable, vanishing and changing entries
 
 
+# The races below need reader threads: the walker reads files up to INLINE_READ_LIMIT
+# itself, and a Progress callback that blocks it would stop the walk.
+READER_SIZE = INLINE_READ_LIMIT + 4096
+
+
 class DeleteDuringWalk(Progress):
     """Hold the read of `slow` until the walker reports `marker` as reused from the
     parent, then delete `victim`. The walker has stat'ed `victim` by then, so the
@@ -283,7 +288,7 @@ def test_file_deleted_before_read_recorded(repository, tmp_path):
     source = tmp_path / "source"
     make_tree(source, {"c-unchanged.txt": b"kept"})
     create_snapshot(repository, [str(source)])
-    make_tree(source, {"a-slow.bin": os.urandom(50_000), "b-victim.txt": b"gone soon"})
+    make_tree(source, {"a-slow.bin": os.urandom(READER_SIZE), "b-victim.txt": b"g" * READER_SIZE})
     progress = DeleteDuringWalk(source / "b-victim.txt", b"c-unchanged.txt")
 
     result = create_snapshot(repository, [str(source)], progress=progress, reader_threads=1)
@@ -323,9 +328,9 @@ def test_vanished_non_utf8_file_recorded(repository, tmp_path):
     make_tree(source, {"c-unchanged.txt": b"kept"})
     create_snapshot(repository, [str(source)])
     victim = os.path.join(os.fsencode(source), b"b-\xff.jsonl")
-    make_tree(source, {"a-slow.bin": os.urandom(50_000)})
+    make_tree(source, {"a-slow.bin": os.urandom(READER_SIZE)})
     with open(victim, "wb") as handle:
-        handle.write(b"gone soon")
+        handle.write(b"g" * READER_SIZE)
     progress = DeleteDuringWalk(Path(os.fsdecode(victim)), b"c-unchanged.txt")
 
     result = create_snapshot(repository, [str(source)], progress=progress, reader_threads=1)
@@ -371,7 +376,7 @@ def test_file_replaced_by_fifo_not_blocking(repository, tmp_path):
     source = tmp_path / "source"
     make_tree(source, {"c-unchanged.txt": b"kept"})
     create_snapshot(repository, [str(source)])
-    make_tree(source, {"a-slow.bin": os.urandom(50_000), "b-victim.jsonl": b"soon a fifo"})
+    make_tree(source, {"a-slow.bin": os.urandom(READER_SIZE), "b-victim.jsonl": b"f" * READER_SIZE})
     victim = source / "b-victim.jsonl"
     progress = FifoDuringWalk(victim, b"c-unchanged.txt")
     finished = threading.Event()
