@@ -20,7 +20,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 from casbak import __version__
 from casbak.audit.pii import PiiScan
@@ -86,6 +86,16 @@ class _DirNode:
 
     def ready(self) -> bool:
         return all(not isinstance(c, Future) or c.done() for c in self.children)
+
+
+@dataclass
+class _Frame:
+    """A directory being walked: its node, its path, the names still to visit."""
+
+    node: _DirNode
+    path: bytes
+    names: Iterator[bytes]
+    parent_tree: dict[bytes, Entry]
 
 
 def create_snapshot(
@@ -297,42 +307,70 @@ class _Archiver:
             elif isinstance(child, StreamSource):
                 node.children.append(self._read_stream(child_name, child))
             else:
-                self._add_path(node, child, os.path.basename(child) or b"/", parent_entry)
+                frame = self._add_path(node, child, os.path.basename(child) or b"/", parent_entry)
+                if frame is not None:
+                    self._walk(frame)
         self._pending.append(node)
         return node
 
-    def _archive_directory(self, name: bytes, path: bytes, st: os.stat_result, parent_subtree: Optional[bytes]) -> Optional[_DirNode]:
-        # NOTE: the walk recurses two frames per level, so a tree about 500 directories
-        # deep fails with RecursionError under the default recursion limit.
+    def _archive_directory(
+        self, name: bytes, path: bytes, st: os.stat_result, parent_subtree: Optional[bytes]
+    ) -> Optional[_DirNode]:
+        frame = self._open_directory(name, path, st, parent_subtree)
+        if frame is None:
+            return None
+        self._walk(frame)
+        return frame.node
+
+    def _walk(self, top: "_Frame") -> None:
+        """Archive everything below `top` depth first, with an explicit stack.
+
+        An explicit stack instead of recursion lets trees of any depth be walked under
+        Python's recursion limit. A directory joins `_pending` when its last child has
+        been visited, so children always come before their parents there.
+        """
+        stack = [top]
+        while stack:
+            frame = stack[-1]
+            child_name = next(frame.names, None)
+            if child_name is None:
+                stack.pop()
+                self._pending.append(frame.node)
+                self._drain(block=False)
+                continue
+            child_path = os.path.join(frame.path, child_name)
+            subdirectory = self._add_path(frame.node, child_path, child_name, frame.parent_tree.get(child_name))
+            if subdirectory is not None:
+                stack.append(subdirectory)
+
+    def _open_directory(
+        self, name: bytes, path: bytes, st: os.stat_result, parent_subtree: Optional[bytes]
+    ) -> Optional["_Frame"]:
         try:
             with os.scandir(path) as scan:
                 names = sorted(item.name for item in scan)
         except OSError as exc:
             self._record_error(path, f"cannot list directory: {exc.strerror or exc}")
             return None
-        node = _DirNode(name, st)
-        parent_tree = self._parent_tree(parent_subtree)
-        for child_name in names:
-            self._add_path(node, os.path.join(path, child_name), child_name, parent_tree.get(child_name))
-        self._pending.append(node)
-        self._drain(block=False)
-        return node
+        return _Frame(_DirNode(name, st), path, iter(names), self._parent_tree(parent_subtree))
 
-    def _add_path(self, node: _DirNode, path: bytes, name: bytes, parent_entry: Optional[Entry]) -> None:
+    def _add_path(self, node: _DirNode, path: bytes, name: bytes, parent_entry: Optional[Entry]) -> Optional["_Frame"]:
+        """Add one entry to `node`; return the frame of a directory still to be walked."""
         try:
             st = os.lstat(path)
         except OSError as exc:
             self._record_error(path, f"cannot stat: {exc.strerror or exc}")
-            return
+            return None
         if self.path_filter is not None and self._excluded(path, st):
-            return
+            return None
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             subtree = parent_entry.subtree if parent_entry and parent_entry.type == DIRECTORY else None
-            child = self._archive_directory(name, path, st, subtree)
-            if child is not None:
-                node.children.append(child)
-        elif stat.S_ISREG(mode):
+            frame = self._open_directory(name, path, st, subtree)
+            if frame is not None:
+                node.children.append(frame.node)
+            return frame
+        if stat.S_ISREG(mode):
             child = self._file_entry(path, name, st, parent_entry)
             if child is not None:
                 node.children.append(child)
@@ -341,7 +379,7 @@ class _Archiver:
                 target = os.readlink(path)
             except OSError as exc:
                 self._record_error(path, f"cannot read symlink: {exc.strerror or exc}")
-                return
+                return None
             node.children.append(_metadata_entry(name, SYMLINK, st, target=target))
             self._count_other()
         elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -351,6 +389,7 @@ class _Archiver:
             self._count_other()
         else:
             self._record_warning(path, "skipped: sockets and other special files are not stored")
+        return None
 
     def _file_entry(
         self, path: bytes, name: bytes, st: os.stat_result, parent_entry: Optional[Entry]

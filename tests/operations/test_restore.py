@@ -423,3 +423,18 @@ def test_write_failure_becomes_restore_error(repository, repo_path, tmp_path):
     assert child.returncode == 0, child.stderr
     assert child.stdout.startswith("RestoreError restore into")
     assert "File too large" in child.stdout
+
+
+def test_snapshot_deeper_than_recursion_limit(repository, tmp_path):
+    # The walker used two Python frames per level and failed near 500 levels.
+    depth = 1200
+    source = tmp_path / "source"
+    leaf = make_deep_chain(source, depth)
+
+    result = create_snapshot(repository, [str(source)])
+    target = tmp_path / "target"
+    stats = restore_snapshot(repository, result.manifest, str(target), str(source))
+
+    assert result.manifest.partial is False
+    assert stats.directories == depth
+    assert (target / leaf.relative_to(source)).read_bytes() == b"bottom"
