@@ -249,22 +249,35 @@ class _TreeCopier:
         self._chunk_map: dict[bytes, bytes] = {}
         self._tree_map: dict[bytes, bytes] = {}
 
-    def copy_tree(self, digest: bytes) -> bytes:
-        """Store the target version of the source tree `digest` and of all below it; return its digest."""
-        known = self._tree_map.get(digest)
-        if known is not None:
-            return known
-        entries = [self._copy_entry(entry) for entry in load_tree(self.source, digest).entries]
-        copied = self._put(KIND_TREE, Tree(entries).encode())
-        self._tree_map[digest] = copied
-        return copied
+    def copy_tree(self, root: bytes) -> bytes:
+        """Store the target version of the source tree `root` and of all below it; return its digest.
+
+        Subtrees are finished before their parents with an explicit stack rather than
+        recursion, so trees nested deeper than Python's recursion limit copy too.
+        """
+        stack: list[tuple[bytes, Optional[list[Entry]]]] = [(root, None)]
+        while stack:
+            digest, entries = stack[-1]
+            if digest in self._tree_map:
+                stack.pop()
+                continue
+            if entries is None:
+                entries = load_tree(self.source, digest).entries
+                stack[-1] = (digest, entries)
+                pending = [e.subtree for e in entries if e.type == DIRECTORY and e.subtree not in self._tree_map]
+                if pending:
+                    stack.extend((subtree, None) for subtree in pending)
+                    continue
+            # Every subtree of this directory is in _tree_map now.
+            copied = [self._copy_entry(entry) for entry in entries]
+            self._tree_map[digest] = self._put(KIND_TREE, Tree(copied).encode())
+            stack.pop()
+        return self._tree_map[root]
 
     def _copy_entry(self, entry: Entry) -> Entry:
-        # NOTE: recursion goes one frame pair per directory level, like the snapshot walk,
-        # so trees nested deeper than about 400 levels raise RecursionError.
         if entry.type == DIRECTORY:
             self.stats.directories += 1
-            return replace(entry, subtree=self.copy_tree(entry.subtree))
+            return replace(entry, subtree=self._tree_map[entry.subtree])
         if entry.type == FILE:
             self.stats.files += 1
             return self._copy_file(entry)

@@ -219,6 +219,35 @@ def test_copy_between_unencrypted_reuses_digests(tmp_path):
     assert_verified_and_restorable(reopen(second, None), source, spec, tmp_path / "restored")
 
 
+def test_copy_deeply_nested_tree(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    # 600 levels: deeper than a recursive walk of two frames per level can go under the
+    # default limit of 1000. Path.mkdir(parents=True) and shutil.rmtree recurse too, so
+    # the levels are made and removed one at a time.
+    levels = [source]
+    for _level in range(600):
+        levels.append(levels[-1] / "d")
+        levels[-1].mkdir()
+    leaf = levels[-1] / "leaf.txt"
+    leaf.write_bytes(b"at the bottom\n")
+    try:
+        plain = init_local(tmp_path / "plain", None, encrypted=False)
+        create_snapshot(plain, [str(source)])
+        target = init_local(tmp_path / "b", OTHER_PASSWORD)
+
+        result = copy_snapshots(plain, target)
+
+        reopened = reopen(target, OTHER_PASSWORD)
+        entry = lookup_path(reopened, load_manifests(reopened)[0].tree, str(leaf))
+        assert result.snapshots[0].stats.directories >= 600
+        assert b"".join(reopened.iter_objects(entry.chunks)) == b"at the bottom\n"
+    finally:
+        leaf.unlink()
+        for level in reversed(levels):
+            level.rmdir()
+
+
 def test_copy_into_same_repository_rejected(filled_source):
     repository = filled_source["repository"]
     with pytest.raises(UsageError, match="same repository"):
