@@ -339,7 +339,7 @@ def test_dump_to_closed_pipe_exits_1(repository, repo_path, tmp_path):
     dump.wait(timeout=60)
 
     assert dump.returncode == 1
-    assert b"output was closed before the dump finished" in errors
+    assert b"closed the pipe before the dump finished" in errors
     assert b"Traceback" not in errors
 
 
