@@ -438,3 +438,21 @@ def test_snapshot_deeper_than_recursion_limit(repository, tmp_path):
     assert result.manifest.partial is False
     assert stats.directories == depth
     assert (target / leaf.relative_to(source)).read_bytes() == b"bottom"
+    # shutil.rmtree recurses once per level, so pytest could not clean this up later.
+    remove_deep_chain(source)
+    remove_deep_chain(target)
+
+
+def remove_deep_chain(root: Path) -> None:
+    """Delete a tree made by make_deep_chain() from the bottom up, without recursion."""
+    directories = [root]
+    while True:
+        children = [child for child in directories[-1].iterdir() if child.is_dir() and not child.is_symlink()]
+        if not children:
+            break
+        directories.append(children[0])
+    for directory in reversed(directories):
+        for child in directory.iterdir():
+            if not child.is_dir() or child.is_symlink():
+                child.unlink()
+        directory.rmdir()
