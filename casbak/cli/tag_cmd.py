@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import typer
 
+from casbak.audit.signing import SigningKey, sign_manifest, signing_key_for
 from casbak.catalog import load_manifests, resolve_snapshot
 from casbak.errors import UsageError
 from casbak.manifest import Manifest
@@ -43,18 +44,28 @@ def new_tags(current: List[str], add: List[str], remove: List[str], replace: Lis
     return sorted(tags)
 
 
-def retag(repository: Repository, manifest: Manifest, tags: list[str], lock: RepositoryLock) -> RetagResult:
+def retag(
+    repository: Repository,
+    manifest: Manifest,
+    tags: list[str],
+    lock: RepositoryLock,
+    signing_key: Optional[SigningKey] = None,
+) -> RetagResult:
     """Write `manifest` again with `tags`, then forget the old manifest under the caller's `lock`.
 
     The new manifest's `previous` is the newest manifest at write time, or that manifest's
-    own `previous` when the newest is the re-tagged one. Storage with retention (such as
-    S3 Object Lock) may keep the old manifest, which then stays listed with its old tags.
+    own `previous` when the newest is the re-tagged one. The old signature covers the old
+    tags, so it is dropped, and the new manifest is signed with `signing_key` when one is
+    given. Storage with retention (such as S3 Object Lock) may keep the old manifest,
+    which then stays listed with its old tags.
     """
     newest = load_manifests(repository)
     previous = newest[-1].id if newest else None
     if previous == manifest.id:
         previous = manifest.previous
-    updated = dataclasses.replace(manifest, tags=tags, previous=previous, id="")
+    updated = dataclasses.replace(manifest, tags=tags, previous=previous, id="", signer=None, signature=None)
+    if signing_key is not None:
+        sign_manifest(updated, signing_key)
     lock.ensure_held()
     updated.id = repository.write_manifest(updated.encode())
     removal = remove_manifests(repository, [manifest], f"re-tagged as snapshot {updated.id}", lock)
@@ -77,6 +88,7 @@ def tag(
     if any(not t.strip() for t in add + remove + replace):
         raise UsageError("tag: tags must not be empty")
     repository = state.open_repository()
+    signing_key = signing_key_for(repository, state.signing_key)
     results = []
     seen: set[str] = set()
     with RepositoryLock(repository, EXCLUSIVE, "tag") as lock:
@@ -88,7 +100,7 @@ def tag(
             tags = new_tags(manifest.tags, add, remove, replace)
             item = {"snapshot": manifest.id, "new_snapshot": manifest.id, "tags": tags, "changed": False, "old_retained": None}
             if tags != sorted(manifest.tags):
-                outcome = retag(repository, manifest, tags, lock)
+                outcome = retag(repository, manifest, tags, lock, signing_key)
                 item.update(new_snapshot=outcome.new_id, changed=True, old_retained=outcome.old_retained)
             results.append(item)
     if state.json:

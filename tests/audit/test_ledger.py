@@ -19,10 +19,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from casbak.audit.ledger import MANIFEST_UNSIGNED, SIGNATURE_INVALID, SIGNER_UNKNOWN
 from casbak.audit.signing import SigningKey, fingerprint_of, publish_public_key, sign_manifest
 from casbak.catalog import load_manifests
+from casbak.cli.tag_cmd import retag
 from casbak.manifest import Manifest
 from casbak.operations.snapshot import create_snapshot
 from casbak.operations.verify import VerifyOptions, verify_repository
 from casbak.operations.verify.findings import CHAIN_BROKEN
+from casbak.store.locks import EXCLUSIVE, RepositoryLock
 from casbak.store.repository import SNAPSHOTS_PREFIX, Repository
 from tests.audit.cli_runner import run_casbak
 from tests.conftest import make_tree
@@ -242,3 +244,27 @@ def test_ledger_signature_verifies_with_openssl(chain, repo_path, tmp_path):
     assert good.returncode == 0, good.stdout + good.stderr
     assert b"Signature Verified Successfully" in good.stdout
     assert bad.returncode != 0
+
+
+def test_retag_resigns_manifest(chain):
+    # A re-tagged manifest used to keep the old signature, which covers the old tags.
+    newest = chain.manifests[-1]
+    with RepositoryLock(chain.repository, EXCLUSIVE, "tag") as lock:
+        outcome = retag(chain.repository, newest, ["audited"], lock, chain.key)
+
+    retagged = [m for m in load_manifests(chain.repository) if m.id == outcome.new_id][0]
+    result = verify_ledger(chain.repository, (chain.key.fingerprint,))
+    assert retagged.tags == ["audited"]
+    assert retagged.signer == chain.key.fingerprint
+    assert result.ok, [f.message for f in result.errors]
+    assert result.first_broken_link is None
+
+
+def test_retag_without_key_drops_signature(chain):
+    newest = chain.manifests[-1]
+    with RepositoryLock(chain.repository, EXCLUSIVE, "tag") as lock:
+        outcome = retag(chain.repository, newest, ["audited"], lock)
+
+    result = verify_ledger(chain.repository)
+    assert result.first_broken_link.kind == MANIFEST_UNSIGNED
+    assert result.first_broken_link.snapshot == outcome.new_id
