@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+import os
+import socket
+from typing import Any, Callable, List, Optional
 
 import typer
 
 from casbak.cli.output import format_size
 from casbak.cli.profiles import current_profile
+from casbak.cli.snapshot_cmd import DEFAULT_STDIN_FILENAME
 from casbak.errors import UsageError
+from casbak.manifest import Manifest
 from casbak.operations.forget import ForgetResult, forget_by_ids, forget_by_policy
 from casbak.operations.prune import GcReport, PruneOptions, run_gc
+from casbak.operations.sources import normalize_stream_name
 from casbak.operations.retention import GROUP_BY_CHOICES, Decision, Duration, RetentionPolicy
 from casbak.store.locks import DEFAULT_STALE_SECONDS, remove_stale_locks
 
@@ -56,6 +61,44 @@ def _with_profile_retention(ctx: typer.Context, values: dict[str, Any]) -> dict[
 
 
 GROUP_BY_HELP = f"Judge snapshots in groups of: {', '.join(GROUP_BY_CHOICES)}."
+HOST_HELP = "Judge only snapshots of this host (repeatable; default with --profile: the profile's host)."
+PATH_HELP = (
+    "Judge only snapshots whose sources are exactly these paths (repeatable; "
+    "default with --profile: the profile's sources)."
+)
+
+
+def _snapshot_scope(ctx: typer.Context, hosts: List[str], paths: List[str]) -> Optional[Callable[[Manifest], bool]]:
+    """Return the predicate that limits a policy to some snapshots, or None for all.
+
+    With --profile and no --host/--path, the scope is the snapshots that profile writes
+    (its host and sources), so one profile's retention never thins another's snapshots.
+    """
+    profile = current_profile(ctx)
+    if profile is not None and not hosts and not paths:
+        hosts = [profile.host or socket.gethostname()]
+        paths = list(profile.sources)
+        if profile.stdin_from_command:
+            paths.append(f"command:{normalize_stream_name(profile.stdin_filename or DEFAULT_STDIN_FILENAME)}")
+    wanted_hosts = set(hosts)
+    wanted_sources = sorted(_source_text(p) for p in paths)
+    if not wanted_hosts and not wanted_sources:
+        return None
+
+    def selected(manifest: Manifest) -> bool:
+        if wanted_hosts and manifest.hostname not in wanted_hosts:
+            return False
+        return not wanted_sources or sorted(manifest.sources) == wanted_sources
+
+    return selected
+
+
+def _source_text(path: str) -> str:
+    # Stream sources ("command:NAME", "stdin:NAME") are compared as given; file paths as
+    # the absolute paths a snapshot records.
+    if path.startswith(("command:", "stdin:")):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def forget(
@@ -72,6 +115,8 @@ def forget(
     ),
     keep_tag: List[str] = typer.Option([], "--keep-tag", help="Keep snapshots with this tag (repeatable)."),
     group_by: str = typer.Option("host,sources", "--group-by", help=GROUP_BY_HELP),
+    host: List[str] = typer.Option([], "--host", help=HOST_HELP),
+    path: List[str] = typer.Option([], "--path", help=PATH_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print what would be forgotten and why; change nothing."),
 ) -> None:
     """Remove snapshots by id or by retention policy; their data stays until `casbak gc`."""
@@ -90,7 +135,7 @@ def forget(
     if snapshot_ids:
         result = forget_by_ids(repository, snapshot_ids, dry_run=dry_run)
     else:
-        result = forget_by_policy(repository, policy, group_by, dry_run=dry_run)
+        result = forget_by_policy(repository, policy, group_by, dry_run=dry_run, select=_snapshot_scope(ctx, host, path))
     if state.json:
         state.emit_json(result.to_json())
     elif not state.quiet:
@@ -114,6 +159,8 @@ def gc(
         "10%", "--max-unused", help="Repack a pack when more than this percentage of its bytes is unused, such as 10%."
     ),
     no_repack: bool = typer.Option(False, "--no-repack", help="Only delete packs without live data; read no data pack."),
+    host: List[str] = typer.Option([], "--host", help=HOST_HELP),
+    path: List[str] = typer.Option([], "--path", help=PATH_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print what would be removed and repacked; change nothing."),
 ) -> None:
     """Forget snapshots by policy (--keep-* options, or the --profile's keep-* keys), then delete unused data."""
@@ -125,7 +172,7 @@ def gc(
     options = PruneOptions(max_unused=parse_percentage(max_unused), repack=not no_repack, dry_run=dry_run)
     state = ctx.obj
     repository = state.open_repository()
-    report = run_gc(repository, policy, group_by, options)
+    report = run_gc(repository, policy, group_by, options, select=_snapshot_scope(ctx, host, path))
     if state.json:
         state.emit_json(report.to_json())
     elif not state.quiet:

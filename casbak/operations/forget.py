@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import blake3
 import msgpack
@@ -71,20 +71,29 @@ def forget_by_policy(
     dry_run: bool = False,
     lock: Optional[RepositoryLock] = None,
     lock_settings: Optional[LockSettings] = None,
+    select: Optional[Callable[[Manifest], bool]] = None,
 ) -> ForgetResult:
     """Remove every snapshot the policy does not keep.
 
-    Takes an exclusive lock unless the caller passes the one it holds. Damaged
-    manifests cannot be judged; they are logged and kept.
+    Only snapshots for which `select` returns True are judged; the others are kept and
+    not listed. Takes an exclusive lock unless the caller passes the one it holds.
+    Damaged manifests cannot be judged; they are logged and kept.
     """
     if dry_run:
-        return ForgetResult(decisions=apply_policy(load_manifests(repository), policy, group_by), dry_run=True)
+        return ForgetResult(decisions=apply_policy(_selected(repository, select), policy, group_by), dry_run=True)
     with _ExclusiveLockScope(repository, lock, lock_settings) as held:
-        decisions = apply_policy(load_manifests(repository), policy, group_by)
+        decisions = apply_policy(_selected(repository, select), policy, group_by)
         doomed = [d.manifest for d in decisions if not d.keep]
         result = remove_manifests(repository, doomed, f"policy: {policy.describe()}; group by {group_by}", held)
         result.decisions = decisions
         return result
+
+
+def _selected(repository: Repository, select: Optional[Callable[[Manifest], bool]]) -> list[Manifest]:
+    manifests = load_manifests(repository)
+    if select is None:
+        return manifests
+    return [m for m in manifests if select(m)]
 
 
 def forget_by_ids(

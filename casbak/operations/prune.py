@@ -24,10 +24,11 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from casbak.catalog import load_manifest
 from casbak.errors import IntegrityError, ObjectNotFound, UsageError
+from casbak.manifest import Manifest
 from casbak.operations.forget import ForgetResult, delete_or_retain, forget_by_policy
 from casbak.operations.retention import RetentionPolicy
 from casbak.store.index import Index, PackInfo, decode_index, encode_index
@@ -112,19 +113,24 @@ def run_gc(
     group_by: str = "host,sources",
     options: Optional[PruneOptions] = None,
     lock_settings: Optional[LockSettings] = None,
+    select: Optional[Callable[[Manifest], bool]] = None,
 ) -> GcReport:
-    """Forget snapshots by `policy` (when given and not empty), then prune, under one exclusive lock."""
+    """Forget snapshots by `policy` (when given and not empty), then prune, under one exclusive lock.
+
+    The policy judges only the snapshots for which `select` returns True; pruning always
+    keeps the data of every remaining snapshot.
+    """
     started = time.monotonic()
     options = options or PruneOptions()
     forget_result = None
     if options.dry_run:
         if policy is not None and not policy.is_empty():
-            forget_result = forget_by_policy(repository, policy, group_by, dry_run=True)
+            forget_result = forget_by_policy(repository, policy, group_by, dry_run=True, select=select)
         stats = prune(repository, options, None, assume_forgotten=_forgotten_ids(forget_result))
         return GcReport(forget_result, stats, round(time.monotonic() - started, 3))
     with RepositoryLock(repository, EXCLUSIVE, "gc", lock_settings, remove_stale=True) as lock:
         if policy is not None and not policy.is_empty():
-            forget_result = forget_by_policy(repository, policy, group_by, lock=lock)
+            forget_result = forget_by_policy(repository, policy, group_by, lock=lock, select=select)
         stats = prune(repository, options, lock)
     return GcReport(forget_result, stats, round(time.monotonic() - started, 3))
 

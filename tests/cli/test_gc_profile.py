@@ -167,3 +167,39 @@ def test_gc_unknown_profile(profile_setup):
     assert result.returncode == 2
     assert b"profile 'missing'" in result.stderr
     assert Path(profile_setup["repo"]).exists()
+
+
+def test_profile_retention_scoped_to_its_sources(profile_setup, tmp_path):
+    # One profile's retention judged every group, so it could thin another profile's snapshots.
+    repository = Repository.open(str(profile_setup["repo"]), PASSWORD)
+    other = tmp_path / "other"
+    make_tree(other, {"config.yaml": b"lr: 1e-6\n"})
+    other_ids = [create_snapshot(repository, [str(other)]).manifest.id for _ in range(3)]
+    profile_setup["config"].write_text(
+        "[profiles.p]\n"
+        f'repository = "{profile_setup["repo"]}"\n'
+        f'password-file = "{profile_setup["password_file"]}"\n'
+        f'sources = ["{tmp_path / "source"}"]\n'
+        "keep-last = 1\n"
+    )
+
+    report = run_profile(profile_setup, "forget", "--dry-run")
+
+    judged = [d["id"] for d in report["decisions"]]
+    assert sorted(judged) == sorted(profile_setup["ids"])
+    assert kept_ids(report["decisions"]) == [profile_setup["ids"][3]]
+    assert not set(other_ids) & set(judged)
+
+
+def test_forget_path_option_limits_policy(profile_setup, tmp_path):
+    repository = Repository.open(str(profile_setup["repo"]), PASSWORD)
+    other = tmp_path / "other"
+    make_tree(other, {"config.yaml": b"lr: 1e-6\n"})
+    other_ids = [create_snapshot(repository, [str(other)]).manifest.id for _ in range(2)]
+
+    report = run_json("-r", str(profile_setup["repo"]), "forget", "--keep-last", "1", "--path", str(other))
+
+    assert sorted(d["id"] for d in report["decisions"]) == sorted(other_ids)
+    remaining = {m.id for m in load_manifests(repository)}
+    assert set(profile_setup["ids"]) <= remaining
+    assert other_ids[0] not in remaining
