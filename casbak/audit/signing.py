@@ -141,7 +141,16 @@ def signing_key_for(repository, option: Optional[str]) -> Optional[SigningKey]:
     must not fall back to unsigned snapshots without saying so.
     """
     path, named = resolve_key_path(option, repository.config.repository_id)
-    if not path.exists():
+    try:
+        present = path.exists()
+    except PermissionError as exc:
+        if named:
+            raise UsageError(f"signing key {path}: cannot be read ({exc.strerror}); check its permissions") from exc
+        # The default location belongs to another user (a job run under a service
+        # account, say): no key is configured for this user.
+        log.warning("signing key default %s: not readable (%s); snapshots are not signed", path, exc.strerror)
+        return None
+    if not present:
         if named:
             raise UsageError(f"signing key {path}: not found; create it with `casbak key signing-init --signing-key {path}`")
         return None
