@@ -1,6 +1,6 @@
 """Tree objects: one directory's entries, serialised canonically so equal trees hash equally.
 
-A tree is the msgpack map {"version": 1 or 2, "entries": [entry, ...]} with entries sorted
+A tree is the msgpack map {"version": 1, 2 or 3, "entries": [entry, ...]} with entries sorted
 by their raw name bytes. Each entry is a map whose keys appear in the fixed order of
 ENTRY_FIELDS, holding only the fields of its type. Names and symlink targets are raw
 bytes, so names that are not valid UTF-8 survive unchanged. No floats are stored.
@@ -20,6 +20,10 @@ TREE_VERSION = 1
 # entry fields, so those trees get their own version, and trees without the field keep
 # the exact version 1 encoding (and digest).
 SHA256_TREE_VERSION = 2
+# Trees in which some file entry carries `etag` (files of remote sources). They may also
+# carry `sha256`. Trees without `etag` keep their version 1 or 2 encoding and digest.
+ETAG_TREE_VERSION = 3
+TREE_VERSIONS = (TREE_VERSION, SHA256_TREE_VERSION, ETAG_TREE_VERSION)
 
 FILE = "file"
 DIRECTORY = "dir"
@@ -32,7 +36,7 @@ ENTRY_TYPES = (FILE, DIRECTORY, SYMLINK, FIFO, CHAR_DEVICE, BLOCK_DEVICE)
 # Serialisation order of entry fields; fields that are None are left out.
 ENTRY_FIELDS = (
     "name", "type", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "inode",
-    "size", "content", "chunks", "subtree", "target", "rdev", "sha256",
+    "size", "content", "chunks", "subtree", "target", "rdev", "sha256", "etag",
 )
 
 
@@ -62,6 +66,9 @@ class Entry:
     # SHA-256 of the whole file content, recorded when the repository's `file_sha256`
     # setting is on, so that auditors can check restored files with sha256sum.
     sha256: Optional[bytes] = None
+    # Entity tag that an object store reported for a remote source's file (S3 `ETag`, GCS
+    # `etag`), kept only so that the next snapshot can skip the unchanged object.
+    etag: Optional[str] = None
 
     def to_wire(self) -> dict:
         wire = {}
@@ -98,18 +105,17 @@ class Tree:
     def encode(self) -> bytes:
         ordered = sorted(self.entries, key=lambda e: e.name)
         _check_unique(ordered)
-        version = SHA256_TREE_VERSION if any(e.sha256 is not None for e in ordered) else TREE_VERSION
-        return msgpack.packb({"version": version, "entries": [e.to_wire() for e in ordered]})
+        return msgpack.packb({"version": _tree_version(ordered), "entries": [e.to_wire() for e in ordered]})
 
     @classmethod
     def decode(cls, data: bytes, what: str = "tree") -> "Tree":
         try:
             body = msgpack.unpackb(data, strict_map_key=True)
-            if not isinstance(body, dict) or body.get("version") not in (TREE_VERSION, SHA256_TREE_VERSION):
-                raise CorruptObject(f"{what}: not a version {TREE_VERSION} or {SHA256_TREE_VERSION} tree")
+            if not isinstance(body, dict) or body.get("version") not in TREE_VERSIONS:
+                raise CorruptObject(f"{what}: not a version {', '.join(map(str, TREE_VERSIONS))} tree")
             entries = [Entry.from_wire(wire) for wire in body["entries"]]
-            if (body["version"] == SHA256_TREE_VERSION) != any(e.sha256 is not None for e in entries):
-                raise CorruptObject(f"{what}: tree version {body['version']} does not match its sha256 fields")
+            if body["version"] != _tree_version(entries):
+                raise CorruptObject(f"{what}: tree version {body['version']} does not match its sha256 and etag fields")
         except CorruptObject as exc:
             raise CorruptObject(f"{what}: {exc}") from exc
         except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
@@ -125,6 +131,14 @@ class Tree:
             if entry.name == name:
                 return entry
         return None
+
+
+def _tree_version(entries: list[Entry]) -> int:
+    if any(e.etag is not None for e in entries):
+        return ETAG_TREE_VERSION
+    if any(e.sha256 is not None for e in entries):
+        return SHA256_TREE_VERSION
+    return TREE_VERSION
 
 
 def _check_unique(entries: list[Entry], what: str = "tree") -> None:
@@ -144,6 +158,8 @@ def _check_entry(entry: Entry) -> None:
         raise CorruptObject(f"entry {entry.name!r}: metadata fields must be integers")
     if entry.sha256 is not None and (entry.type != FILE or not isinstance(entry.sha256, bytes) or len(entry.sha256) != 32):
         raise CorruptObject(f"entry {entry.name!r}: sha256 must be a 32-byte digest of a file's content")
+    if entry.etag is not None and (entry.type != FILE or not isinstance(entry.etag, str) or not entry.etag):
+        raise CorruptObject(f"entry {entry.name!r}: etag must be a non-empty string on a file entry")
     if entry.type == FILE:
         if not isinstance(entry.size, int) or entry.chunks is None or not isinstance(entry.content, bytes):
             raise CorruptObject(f"entry {entry.name!r}: file without size, chunks or content hash")

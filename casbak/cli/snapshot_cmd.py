@@ -22,12 +22,14 @@ from casbak.cli.monitoring import (
     should_notify,
     write_metrics,
 )
+from casbak.cli.context import parse_options
 from casbak.cli.output import display_path, format_size
 from casbak.cli.profiles import NOTIFY_ON_VALUES, Profile, ProfileLocked, current_profile, profile_lock
 from casbak.cli.progress import make_progress
 from casbak.errors import EXIT_OK, EXIT_PARTIAL, CasbakError, UsageError
 from casbak.audit.pii import MODE_OFF, PII_MODES, PiiScan
 from casbak.audit.signing import signing_key_for
+from casbak.operations.remote_sources import is_remote_url
 from casbak.operations.snapshot import SnapshotResult, create_snapshot
 from casbak.operations.sources import (
     CommandSource,
@@ -62,6 +64,7 @@ class SnapshotSettings:
     metrics_file: Optional[str] = None
     pii_scan: str = MODE_OFF
     pii_allowlist: Optional[str] = None
+    source_options: list[str] = field(default_factory=list)
 
 
 def merge_settings(profile: Optional[Profile], **given) -> SnapshotSettings:
@@ -127,6 +130,7 @@ def snapshot(
     metrics_file: Optional[str] = typer.Option(None, "--metrics-file", help="Write Prometheus gauges of this run to this file (node_exporter textfile collector)."),
     pii_scan: Optional[str] = typer.Option(None, "--pii-scan", help="Scan text-like files for personal data and secrets: off (default), warn (record findings in the manifest) or fail (write no snapshot, exit code 6)."),
     pii_allowlist: Optional[str] = typer.Option(None, "--pii-allowlist", help="File of DETECTOR:PATH-GLOB and DETECTOR:sha256:HEX lines that suppress known false positives."),
+    source_option: List[str] = typer.Option([], "--source-option", help="fsspec storage option for URL sources, as KEY=VALUE like the global -o, such as s3.endpoint_url=http://127.0.0.1:9000 (repeatable)."),
 ) -> None:
     """Snapshot files, standard input or a command's output; only new chunks are stored."""
     state = ctx.obj
@@ -138,6 +142,7 @@ def snapshot(
             exclude_larger_than=exclude_larger_than, one_file_system=one_file_system, host=host, stdin=stdin,
             stdin_filename=stdin_filename, stdin_from_command=stdin_from_command, notify_url=notify_url,
             notify_on=notify_on, metrics_file=metrics_file, pii_scan=pii_scan, pii_allowlist=pii_allowlist,
+            source_options=source_option,
         )
     except CasbakError as exc:
         # Without valid settings there is no webhook or metrics file to report to.
@@ -170,6 +175,7 @@ def _run(state, settings: SnapshotSettings, parent: Optional[str], force: bool) 
     if not settings.paths and not settings.stdin and not settings.stdin_from_command:
         raise UsageError("nothing to snapshot: give paths, --stdin, --stdin-from-command, or a --profile with sources")
     pii_scan = PiiScan.from_options(settings.pii_scan, settings.pii_allowlist)
+    source_options = parse_options(settings.source_options)
     repository = state.open_repository()
     # Loaded before any stream starts or data is read, so a missing key password fails fast.
     signing_key = signing_key_for(repository, state.signing_key)
@@ -182,7 +188,7 @@ def _run(state, settings: SnapshotSettings, parent: Optional[str], force: bool) 
             return create_snapshot(
                 repository, settings.paths, tags=settings.tags, parent=parent, full_read=force,
                 hostname=settings.host, progress=progress, exclude=path_filter, streams=streams,
-                signing_key=signing_key, pii_scan=pii_scan,
+                signing_key=signing_key, pii_scan=pii_scan, source_options=source_options,
             )
         finally:
             progress.stop()
@@ -192,7 +198,7 @@ def _size_estimate(state, repository, settings: SnapshotSettings, streams: list[
     """Return the parent snapshot's size as the expected total, for an ETA on a terminal."""
     if state.quiet or state.json or streams or not sys.stderr.isatty():
         return None
-    sources = [os.path.abspath(os.path.expanduser(p)) for p in settings.paths]
+    sources = [p if is_remote_url(p) else os.path.abspath(os.path.expanduser(p)) for p in settings.paths]
     parent = find_parent(repository, settings.host or socket.gethostname(), sources)
     return int(parent.stats.get("bytes_total", 0)) or None if parent else None
 

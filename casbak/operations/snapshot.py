@@ -30,6 +30,7 @@ from casbak.chunking import Chunker, ChunkerParams
 from casbak.errors import UsageError
 from casbak.manifest import Manifest
 from casbak.operations.progress import Progress
+from casbak.operations.remote_sources import RemoteSource, archive_remote, check_remote_paths, split_sources
 from casbak.operations.sources import PathFilter, StreamSource, check_stream_paths
 from casbak.store.packs import KIND_DATA, KIND_TREE
 from casbak.store.locks import SHARED, LockSettings, RepositoryLock
@@ -134,8 +135,9 @@ def _create_snapshot_locked(
     streams: Sequence[StreamSource] = (),
     signing_key: Optional[SigningKey] = None,
     pii_scan: Optional[PiiScan] = None,
+    source_options: Optional[dict[str, Any]] = None,
 ) -> SnapshotResult:
-    """Snapshot `sources` (local paths) and return the written manifest with statistics.
+    """Snapshot `sources` (local paths or fsspec URLs) and return the written manifest with statistics.
 
     The parent snapshot (`parent`, else the newest of the same host and sources) lets
     files with unchanged (size, mtime_ns, inode, ctime_ns) skip reading; `full_read`
@@ -146,12 +148,16 @@ def _create_snapshot_locked(
     With `signing_key`, the manifest carries an Ed25519 signature (see casbak.audit.signing).
     With `pii_scan`, text-like files are scanned as they are chunked and the manifest gets
     a `pii` record; in fail mode, findings raise PiiFound before the manifest is written.
+    Sources with a URL scheme are read through fsspec with `source_options` (see
+    casbak.operations.remote_sources).
     """
     started = time.monotonic()
     hostname = hostname or socket.gethostname()
-    roots = _absolute_sources(sources) if sources or not streams else []
+    local_sources, remotes = split_sources(sources, source_options)
+    roots = _absolute_sources(local_sources) if local_sources or not (streams or remotes) else []
     check_stream_paths(roots, streams)
-    source_names = [_path_text(r) for r in roots] + [s.source_name for s in streams]
+    check_remote_paths(roots, remotes)
+    source_names = [_path_text(r) for r in roots] + [r.source_name for r in remotes] + [s.source_name for s in streams]
     path_filter = replace(exclude or PathFilter(), roots=roots)
     path_filter.one_file_system = path_filter.one_file_system or one_file_system
 
@@ -172,7 +178,7 @@ def _create_snapshot_locked(
         archiver.path_filter = path_filter if path_filter.active else None
         archiver.pii_scan = pii_scan
         try:
-            root = archiver.archive_sources(roots, parent_manifest.tree if parent_manifest else None, streams)
+            root = archiver.archive_sources(roots, parent_manifest.tree if parent_manifest else None, streams, remotes)
             writer.flush()
         except BaseException:
             archiver.abort()
@@ -260,9 +266,15 @@ class _Archiver:
 
     # Walking
 
-    def archive_sources(self, roots: list[bytes], parent_root: Optional[bytes], streams: Sequence[StreamSource] = ()) -> bytes:
+    def archive_sources(
+        self,
+        roots: list[bytes],
+        parent_root: Optional[bytes],
+        streams: Sequence[StreamSource] = (),
+        remotes: Sequence[RemoteSource] = (),
+    ) -> bytes:
         """Archive the sources under a root tree that mirrors their absolute paths."""
-        if roots == [b"/"] and not streams:
+        if roots == [b"/"] and not streams and not remotes:
             top = self._archive_directory(b"", b"/", os.lstat(b"/"), parent_root)
             if top is None:
                 raise UsageError("source /: cannot be listed")
@@ -282,6 +294,11 @@ class _Archiver:
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1]] = stream
+        for remote in remotes:
+            node = trie
+            for part in remote.tree_parts[:-1]:
+                node = node.setdefault(part, {})
+            node[remote.tree_parts[-1]] = remote
         top = self._archive_virtual(b"", b"/", trie, parent_root)
         self._drain(block=True)
         self._pool.shutdown(wait=True)
@@ -306,6 +323,10 @@ class _Archiver:
                 node.children.append(self._archive_virtual(child_name, child_path, child, subtree))
             elif isinstance(child, StreamSource):
                 node.children.append(self._read_stream(child_name, child))
+            elif isinstance(child, RemoteSource):
+                remote_entry = archive_remote(self, child_name, child, parent_entry)
+                if remote_entry is not None:
+                    node.children.append(remote_entry)
             else:
                 frame = self._add_path(node, child, os.path.basename(child) or b"/", parent_entry)
                 if frame is not None:

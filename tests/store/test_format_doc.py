@@ -95,6 +95,7 @@ def constant_values() -> dict[str, object]:
         "index version": index.INDEX_VERSION,
         "tree version": tree.TREE_VERSION,
         "sha256 tree version": tree.SHA256_TREE_VERSION,
+        "etag tree version": tree.ETAG_TREE_VERSION,
         "signer record version": signing.SIGNER_RECORD_VERSION,
         "manifest version": manifest.MANIFEST_VERSION,
         "copied manifest version": manifest.COPIED_MANIFEST_VERSION,
