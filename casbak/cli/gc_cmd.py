@@ -67,6 +67,21 @@ PATH_HELP = (
     "default with --profile: the profile's sources)."
 )
 
+# Options shared by `forget` and `gc`.
+KEEP_LAST = typer.Option(0, "--keep-last", help="Keep the N newest snapshots of each group (-1: all).")
+KEEP_HOURLY = typer.Option(0, "--keep-hourly", help="Keep the newest snapshot of each of the last N UTC hours that have one.")
+KEEP_DAILY = typer.Option(0, "--keep-daily", help="Keep the newest snapshot of each of the last N UTC days that have one.")
+KEEP_WEEKLY = typer.Option(0, "--keep-weekly", help="Keep the newest snapshot of each of the last N ISO weeks that have one.")
+KEEP_MONTHLY = typer.Option(0, "--keep-monthly", help="Keep the newest snapshot of each of the last N months that have one.")
+KEEP_YEARLY = typer.Option(0, "--keep-yearly", help="Keep the newest snapshot of each of the last N years that have one.")
+KEEP_WITHIN = typer.Option(
+    None, "--keep-within", help="Keep snapshots up to this long before the group's newest, such as 30d or 1y6m (units h d w m y)."
+)
+KEEP_TAG = typer.Option([], "--keep-tag", help="Keep snapshots with this tag (repeatable).")
+GROUP_BY = typer.Option("host,sources", "--group-by", help=GROUP_BY_HELP)
+HOST = typer.Option([], "--host", help=HOST_HELP)
+PATH = typer.Option([], "--path", help=PATH_HELP)
+
 
 def _snapshot_scope(ctx: typer.Context, hosts: List[str], paths: List[str]) -> Optional[Callable[[Manifest], bool]]:
     """Return the predicate that limits a policy to some snapshots, or None for all.
@@ -104,19 +119,17 @@ def _source_text(path: str) -> str:
 def forget(
     ctx: typer.Context,
     snapshot_ids: List[str] = typer.Argument(None, help="Snapshots to forget: ids or unique id prefixes."),
-    keep_last: int = typer.Option(0, "--keep-last", help="Keep the N newest snapshots of each group (-1: all)."),
-    keep_hourly: int = typer.Option(0, "--keep-hourly", help="Keep the newest snapshot of each of the last N UTC hours that have one."),
-    keep_daily: int = typer.Option(0, "--keep-daily", help="Keep the newest snapshot of each of the last N UTC days that have one."),
-    keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep the newest snapshot of each of the last N ISO weeks that have one."),
-    keep_monthly: int = typer.Option(0, "--keep-monthly", help="Keep the newest snapshot of each of the last N months that have one."),
-    keep_yearly: int = typer.Option(0, "--keep-yearly", help="Keep the newest snapshot of each of the last N years that have one."),
-    keep_within: Optional[str] = typer.Option(
-        None, "--keep-within", help="Keep snapshots up to this long before the group's newest, such as 30d or 1y6m (units h d w m y)."
-    ),
-    keep_tag: List[str] = typer.Option([], "--keep-tag", help="Keep snapshots with this tag (repeatable)."),
-    group_by: str = typer.Option("host,sources", "--group-by", help=GROUP_BY_HELP),
-    host: List[str] = typer.Option([], "--host", help=HOST_HELP),
-    path: List[str] = typer.Option([], "--path", help=PATH_HELP),
+    keep_last: int = KEEP_LAST,
+    keep_hourly: int = KEEP_HOURLY,
+    keep_daily: int = KEEP_DAILY,
+    keep_weekly: int = KEEP_WEEKLY,
+    keep_monthly: int = KEEP_MONTHLY,
+    keep_yearly: int = KEEP_YEARLY,
+    keep_within: Optional[str] = KEEP_WITHIN,
+    keep_tag: List[str] = KEEP_TAG,
+    group_by: str = GROUP_BY,
+    host: List[str] = HOST,
+    path: List[str] = PATH,
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print what would be forgotten and why; change nothing."),
 ) -> None:
     """Remove snapshots by id or by retention policy; their data stays until `casbak gc`."""
@@ -144,23 +157,21 @@ def forget(
 
 def gc(
     ctx: typer.Context,
-    keep_last: int = typer.Option(0, "--keep-last", help="Keep the N newest snapshots of each group (-1: all)."),
-    keep_hourly: int = typer.Option(0, "--keep-hourly", help="Keep the newest snapshot of each of the last N UTC hours that have one."),
-    keep_daily: int = typer.Option(0, "--keep-daily", help="Keep the newest snapshot of each of the last N UTC days that have one."),
-    keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep the newest snapshot of each of the last N ISO weeks that have one."),
-    keep_monthly: int = typer.Option(0, "--keep-monthly", help="Keep the newest snapshot of each of the last N months that have one."),
-    keep_yearly: int = typer.Option(0, "--keep-yearly", help="Keep the newest snapshot of each of the last N years that have one."),
-    keep_within: Optional[str] = typer.Option(
-        None, "--keep-within", help="Keep snapshots up to this long before the group's newest, such as 30d or 1y6m (units h d w m y)."
-    ),
-    keep_tag: List[str] = typer.Option([], "--keep-tag", help="Keep snapshots with this tag (repeatable)."),
-    group_by: str = typer.Option("host,sources", "--group-by", help=GROUP_BY_HELP),
+    keep_last: int = KEEP_LAST,
+    keep_hourly: int = KEEP_HOURLY,
+    keep_daily: int = KEEP_DAILY,
+    keep_weekly: int = KEEP_WEEKLY,
+    keep_monthly: int = KEEP_MONTHLY,
+    keep_yearly: int = KEEP_YEARLY,
+    keep_within: Optional[str] = KEEP_WITHIN,
+    keep_tag: List[str] = KEEP_TAG,
+    group_by: str = GROUP_BY,
     max_unused: str = typer.Option(
         "10%", "--max-unused", help="Repack a pack when more than this percentage of its bytes is unused, such as 10%."
     ),
     no_repack: bool = typer.Option(False, "--no-repack", help="Only delete packs without live data; read no data pack."),
-    host: List[str] = typer.Option([], "--host", help=HOST_HELP),
-    path: List[str] = typer.Option([], "--path", help=PATH_HELP),
+    host: List[str] = HOST,
+    path: List[str] = PATH,
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print what would be removed and repacked; change nothing."),
 ) -> None:
     """Forget snapshots by policy (--keep-* options, or the --profile's keep-* keys), then delete unused data."""
