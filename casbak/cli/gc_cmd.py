@@ -95,15 +95,15 @@ def _snapshot_scope(ctx: typer.Context, hosts: List[str], paths: List[str]) -> O
         paths = list(profile.sources)
         if profile.stdin_from_command:
             paths.append(f"command:{normalize_stream_name(profile.stdin_filename or DEFAULT_STDIN_FILENAME)}")
-    wanted_hosts = set(hosts)
-    wanted_sources = sorted(_source_text(p) for p in paths)
-    if not wanted_hosts and not wanted_sources:
+    selected_hosts = set(hosts)
+    selected_sources = sorted(_source_text(p) for p in paths)
+    if not selected_hosts and not selected_sources:
         return None
 
     def selected(manifest: Manifest) -> bool:
-        if wanted_hosts and manifest.hostname not in wanted_hosts:
+        if selected_hosts and manifest.hostname not in selected_hosts:
             return False
-        return not wanted_sources or sorted(manifest.sources) == wanted_sources
+        return not selected_sources or sorted(manifest.sources) == selected_sources
 
     return selected
 

@@ -404,7 +404,11 @@ class _Archiver:
             node.children.append(_metadata_entry(name, SYMLINK, st, target=target))
             self._count_other()
         elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            kind = FIFO if stat.S_ISFIFO(mode) else CHAR_DEVICE if stat.S_ISCHR(mode) else BLOCK_DEVICE
+            kind = BLOCK_DEVICE
+            if stat.S_ISFIFO(mode):
+                kind = FIFO
+            elif stat.S_ISCHR(mode):
+                kind = CHAR_DEVICE
             rdev = st.st_rdev if kind != FIFO else None
             node.children.append(_metadata_entry(name, kind, st, rdev=rdev))
             self._count_other()
@@ -500,7 +504,7 @@ class _Archiver:
                 log.info("file %s changed while it was read; reading it again", os.fsdecode(path))
         else:
             self._record_warning(path, f"changed while it was read, {READ_ATTEMPTS} times; stored the last read, which may be inconsistent")
-        # Metadata from before the read: if the file changed, the next run sees a new
+        # Metadata from before the read: if the file changed, the next run finds a new
         # mtime or ctime and reads it again.
         entry = _metadata_entry(name, FILE, before)
         entry.size, entry.chunks, entry.content = size, chunks, content

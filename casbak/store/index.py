@@ -38,7 +38,7 @@ class PackInfo:
 
 @dataclass(frozen=True)
 class Location:
-    """Where an object is stored."""
+    """Location of a stored object: its pack, the pack kind, and its offset and lengths."""
 
     pack_id: str
     kind: str
@@ -48,7 +48,7 @@ class Location:
 
 
 class Index:
-    """In-memory map of every indexed object; safe to read and extend from many threads.
+    """In-memory map of every indexed object, safe to read and extend from many threads.
 
     NOTE: memory is about 250 bytes per object in CPython dicts and tuples; a compact
     sorted-array form would cut that by 4x for repositories of tens of millions of chunks.

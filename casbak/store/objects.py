@@ -113,7 +113,7 @@ class Sealer:
         else:
             raise CorruptObject(f"{what}: unknown codec {codec}")
         if expected_size is not None and len(plaintext) != expected_size:
-            raise CorruptObject(f"{what}: plaintext is {len(plaintext)} bytes, index says {expected_size}")
+            raise CorruptObject(f"{what}: plaintext is {len(plaintext)} bytes, the index records {expected_size}")
         return plaintext
 
 

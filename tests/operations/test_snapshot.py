@@ -564,7 +564,7 @@ def test_nested_sources_rejected(repository, tmp_path):
 # Memory bound
 
 MEMORY_SCRIPT = """
-import os, resource, sys
+import os, sys
 from casbak.chunking import ChunkerParams
 from casbak.crypto import KdfParams
 from casbak.operations.snapshot import create_snapshot
@@ -580,9 +580,19 @@ with open(os.path.join(source, "big.bin"), "wb") as handle:
         handle.write(os.urandom(1 << 20))
 Repository.init(repo, None, config=RepositoryConfig(encryption="none", chunker=ChunkerParams()))
 repository = Repository.open(repo)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def high_water_kib():
+    # VmHWM belongs to this process image. ru_maxrss would also count the parent's
+    # resident memory at fork time, which Linux keeps across exec.
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("VmHWM missing from /proc/self/status")
+
+before = high_water_kib()
 result = create_snapshot(repository, [source])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = high_water_kib()
 print(before, peak, result.stats.bytes_read)
 """
 
