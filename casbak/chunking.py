@@ -82,8 +82,8 @@ SMALL_STREAM = 256 * 1024
 class Chunker:
     """A FastCDC chunker bound to one repository's parameters.
 
-    One instance must not be used from two threads at once (pyfastcdc keeps state per
-    call, but does not promise thread safety); create one per worker.
+    One instance must not be used from two threads at once, because pyfastcdc keeps
+    state per call and does not promise thread safety. Create one per worker.
     """
 
     def __init__(self, params: ChunkerParams) -> None:

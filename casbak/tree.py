@@ -44,7 +44,7 @@ ENTRY_FIELDS = (
 class Entry:
     """One name in a directory with its metadata and content references.
 
-    `mode` holds the permission bits only (st_mode & 0o7777). For files, `chunks` lists
+    `mode` contains the permission bits only (st_mode & 0o7777). For files, `chunks` lists
     the chunk digests in order and `content` is the digest of the whole file content
     (the repository's hash function over all bytes), checked on every restore.
     """

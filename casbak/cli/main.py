@@ -109,7 +109,7 @@ audit_cmd.register(app)
 
 
 # Options of the top-level callback that users may also write after the command name,
-# as restic and other backup tools accept; main() moves them to the front.
+# as restic accepts its global flags anywhere. main() moves them to the front.
 _GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--verbose", "-v", "-vv", "-vvv", "--no-cache"}
 _GLOBAL_OPTIONS = {
     "--repo", "-r", "--password-file", "--password-command", "--option", "-o", "--profile", "--config", "--signing-key",

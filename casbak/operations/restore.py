@@ -1,8 +1,8 @@
 """Restore a snapshot, or one path of it, into a target directory.
 
 Every entry is created relative to an open directory descriptor (openat-style) with
-O_NOFOLLOW, and names are validated when trees are decoded, so no name in a snapshot
-and no symlink already in the target can make a restore write outside the target.
+O_NOFOLLOW. Names are validated when trees are decoded. So no name in a snapshot and no
+symlink already in the target can make a restore write outside the target.
 An existing file in the way is unlinked first, never written through, so a hard link
 in the target cannot carry the write elsewhere either.
 """
@@ -106,8 +106,8 @@ class _Restorer:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="casbak-restore")
         self._window: deque[Future] = deque()
         self._max_window = 8 * threads
-        # Directories get their mode and mtime after their content is written; they are
-        # reopened by path then, so no more than one descriptor per level stays open.
+        # Directories get their mode and mtime after their content is written. They are
+        # reopened by path then, so no directory descriptor stays open until the end.
         self._directories: list[tuple[bytes, Entry]] = []
 
     def restore_children(self, directory_fd: int, subtree: bytes, path: bytes) -> None:

@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 class Backend(Protocol):
-    """What the repository needs from a storage location."""
+    """Storage interface the repository needs: whole-file writes, ranged reads, listing."""
 
     url: str
 

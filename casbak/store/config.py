@@ -126,7 +126,7 @@ def open_config(sealed: bytes, sealer: Sealer) -> RepositoryConfig:
     expected = ENCRYPTION_NONE if sealer.cipher is None else ENCRYPTION_AES
     if config.encryption != expected:
         raise CorruptObject(
-            f"config: says encryption {config.encryption!r}, but it is stored with cipher {sealer.cipher_id}; "
+            f"config: records encryption {config.encryption!r}, but it is stored with cipher {sealer.cipher_id}; "
             "the config was altered"
         )
     return config

@@ -49,7 +49,7 @@ ROLE_INDEX = b"index"
 ROLE_PACK_HEADER = b"pack-header"
 
 # Upper bound for objects whose plaintext size is not known in advance (index files,
-# manifests, trees); it stops a forged zstd frame from claiming gigabytes of output.
+# manifests, trees). It stops a forged zstd frame from claiming gigabytes of output.
 MAX_PLAINTEXT = 1 << 30
 
 _local = threading.local()

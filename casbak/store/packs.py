@@ -32,7 +32,7 @@ DIGEST_SIZE = 32
 
 @dataclass(frozen=True)
 class PackEntry:
-    """Where one object lies in a pack."""
+    """Location of one object in a pack: digest, offset, stored length, plaintext length."""
 
     digest: bytes
     offset: int

@@ -28,7 +28,7 @@ def open_entry(repository: Repository, pack_id: str, entry: PackEntry, sealed: b
     """Open the sealed bytes of one pack entry; raise CorruptObject unless they match the entry."""
     what = f"object {entry.digest.hex()[:12]} in pack {pack_id[:12]}"
     if len(sealed) != entry.length:
-        raise CorruptObject(f"{what}: read {len(sealed)} bytes, the index says {entry.length} (the pack is truncated)")
+        raise CorruptObject(f"{what}: read {len(sealed)} bytes, the index records {entry.length} (the pack is truncated)")
     plaintext = repository.sealer.open(sealed, expected_size=entry.raw_length, what=what)
     if repository.hasher.digest(plaintext) != entry.digest:
         raise CorruptObject(f"{what}: content does not match its digest")

@@ -130,7 +130,7 @@ def check_packs(repository: Repository, state: RepositoryState, result: VerifyRe
         elif actual != pack.size:
             finding = Finding(
                 PACK_SIZE_MISMATCH,
-                f"pack {pack_id[:12]}: is {actual} bytes, the index says {pack.size} bytes",
+                f"pack {pack_id[:12]}: is {actual} bytes, the index records {pack.size} bytes",
                 pack=pack_id,
             )
             result.errors.append(finding)
