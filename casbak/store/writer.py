@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from casbak.store.allocator import pin_mmap_threshold
+from casbak.store.backend import LocalBackend
 from casbak.store.index import PackInfo, encode_index
 from casbak.store.packs import KIND_DATA, KIND_TREE, PackBuilder, pack_path
 
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
     from casbak.store.repository import Repository
 
 log = logging.getLogger(__name__)
+
+# Objects go to the seal pool in batches of about this many plaintext bytes. One task
+# per chunk cost a Future, a semaphore round trip and a thread switch for every 128 KiB,
+# which profiles showed as the largest share of snapshot time (docs/benchmarks.md).
+BATCH_BYTES = 1 << 20
+
+# A batch is also sent once it contains this many objects, so that a run of tiny files does
+# not keep thousands of objects waiting in one batch.
+BATCH_OBJECTS = 256
 
 
 @dataclass
@@ -43,10 +53,11 @@ class WriteStats:
 class ObjectWriter:
     """Adds objects to a repository; safe to call put() from several threads.
 
-    put() deduplicates at once and hands compression and encryption to a pool of
-    `seal_workers` threads (zstd and AES-GCM release the GIL), so the caller can go on
-    chunking. Finished packs go to `upload_workers` threads. Both queues are bounded,
-    so memory stays near (seal queue x chunk size) + (upload slots x pack size).
+    put() deduplicates at once and collects new objects into batches of about
+    `BATCH_BYTES`. Each batch goes to a pool of `seal_workers` threads for compression
+    and encryption (zstd and AES-GCM release the GIL), so the caller can go on chunking.
+    Finished packs go to `upload_workers` threads. Both queues are bounded, so memory
+    stays near (seal slots x batch size) + (upload slots x pack size).
     Every `index_every` packs are named by one index file, so a run killed midway
     leaves at most that many uploaded packs that the next run cannot reuse.
     """
@@ -67,13 +78,18 @@ class ObjectWriter:
         self._in_flight = 0
         self._builders = {KIND_DATA: PackBuilder(KIND_DATA), KIND_TREE: PackBuilder(KIND_TREE)}
         self._pending: set[bytes] = set()
+        self._batch: list[tuple[str, bytes, bytes]] = []
+        self._batch_bytes = 0
         self._unindexed: list[PackInfo] = []
         self._error: Optional[BaseException] = None
         seal_workers = seal_workers or max(2, os.cpu_count() or 2)
-        self._seal_slots = threading.BoundedSemaphore(4 * seal_workers)
+        self._seal_slots = threading.BoundedSemaphore(2 * seal_workers)
         self._seal_pool = ThreadPoolExecutor(max_workers=seal_workers, thread_name_prefix="casbak-seal")
-        # Each upload slot is one finished pack held in memory until its upload ends.
-        self._upload_slots = threading.BoundedSemaphore(upload_workers + 1)
+        # Each upload slot is one finished pack held in memory until its upload ends. A
+        # local write is quick, so a queued pack there would only add a pack of memory.
+        # A remote store gets one spare slot to cover the latency of starting an upload.
+        spare = 0 if isinstance(repository.backend, LocalBackend) else 1
+        self._upload_slots = threading.BoundedSemaphore(upload_workers + spare)
         self._upload_pool = ThreadPoolExecutor(max_workers=upload_workers, thread_name_prefix="casbak-upload")
 
     def has(self, digest: bytes) -> bool:
@@ -93,15 +109,38 @@ class ObjectWriter:
                 self.stats.objects_known += 1
                 return digest, False
             self._pending.add(digest)
-            self._in_flight += 1
+            self._batch.append((kind, digest, plaintext))
+            self._batch_bytes += len(plaintext)
+            batch = self._take_batch(force=False)
+        if batch:
+            self._submit_batch(batch)
+        return digest, True
+
+    def _take_batch(self, force: bool) -> list[tuple[str, bytes, bytes]]:
+        """Detach the open batch when it is full (or when forced); call with the lock held.
+
+        The detached batch counts as one task in flight from here on, so flush() waits
+        for it even before it reaches the pool.
+        """
+        if not self._batch:
+            return []
+        if not force and self._batch_bytes < BATCH_BYTES and len(self._batch) < BATCH_OBJECTS:
+            return []
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._in_flight += 1
+        return batch
+
+    def _submit_batch(self, batch: list[tuple[str, bytes, bytes]]) -> None:
+        # Blocking here is the back pressure that bounds memory. Letting the caller seal
+        # the batch itself when all slots are taken used about the same CPU on 2 cores
+        # and raised peak RSS, so it was not kept.
         self._seal_slots.acquire()
         try:
-            self._seal_pool.submit(self._seal_and_add, kind, digest, plaintext)
+            self._seal_pool.submit(self._seal_batch, batch)
         except BaseException:
             self._seal_slots.release()
             self._finish_task()
             raise
-        return digest, True
 
     def flush(self) -> None:
         """Upload every open pack, wait for all uploads, and write the index of the rest.
@@ -118,6 +157,10 @@ class ObjectWriter:
         self._write_index(force=True)
 
     def _upload_open_packs(self) -> None:
+        with self._lock:
+            batch = self._take_batch(force=True)
+        if batch:
+            self._submit_batch(batch)
         with self._idle:
             while self._in_flight:
                 self._idle.wait()
@@ -147,21 +190,15 @@ class ObjectWriter:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _seal_and_add(self, kind: str, digest: bytes, plaintext: bytes) -> None:
+    def _seal_batch(self, batch: list[tuple[str, bytes, bytes]]) -> None:
+        """Seal a batch and add it to the open packs; errors surface in flush() and put()."""
+        digest = b""
         try:
-            sealed = self.repository.sealer.seal(plaintext)
-            full: Optional[PackBuilder] = None
-            with self._lock:
-                builder = self._builders[kind]
-                builder.add(digest, sealed, len(plaintext))
-                self.stats.objects_new += 1
-                self.stats.bytes_new_raw += len(plaintext)
-                self.stats.bytes_new_stored += len(sealed)
-                self.stats.per_kind_new[kind] += 1
-                if len(builder) >= self.repository.config.pack_size:
-                    full = builder
-                    self._builders[kind] = PackBuilder(kind)
-            if full is not None:
+            sealer = self.repository.sealer
+            sealed = []
+            for kind, digest, plaintext in batch:
+                sealed.append((kind, digest, sealer.seal(plaintext), len(plaintext)))
+            for full in self._add_to_packs(sealed):
                 self._submit_upload(full)
         except BaseException as exc:
             log.error("sealing object %s failed: %s", digest.hex()[:12], exc)
@@ -169,6 +206,23 @@ class ObjectWriter:
         finally:
             self._seal_slots.release()
             self._finish_task()
+
+    def _add_to_packs(self, sealed: list[tuple[str, bytes, bytes, int]]) -> list[PackBuilder]:
+        """Append sealed objects to the open packs; return the packs that became full."""
+        full: list[PackBuilder] = []
+        pack_size = self.repository.config.pack_size
+        with self._lock:
+            for kind, digest, blob, raw_length in sealed:
+                builder = self._builders[kind]
+                builder.add(digest, blob, raw_length)
+                self.stats.objects_new += 1
+                self.stats.bytes_new_raw += raw_length
+                self.stats.bytes_new_stored += len(blob)
+                self.stats.per_kind_new[kind] += 1
+                if len(builder) >= pack_size:
+                    full.append(builder)
+                    self._builders[kind] = PackBuilder(kind)
+        return full
 
     def _submit_upload(self, builder: PackBuilder) -> None:
         self._upload_slots.acquire()

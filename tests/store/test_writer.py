@@ -14,6 +14,7 @@ from casbak.store.backend import LocalBackend
 from casbak.store.index import decode_index
 from casbak.store.packs import KIND_DATA, KIND_TREE, pack_path
 from casbak.store.repository import Repository
+from casbak.store.writer import BATCH_BYTES, BATCH_OBJECTS
 from tests.conftest import FAST_KDF, PASSWORD, SMALL_PACK, small_config
 
 
@@ -190,3 +191,46 @@ def test_failed_flush_indexes_uploaded_packs(repo_path):
     uploaded = set(repository.backend.list("data"))
     assert len(uploaded) == 5
     assert indexed_pack_names(repository) == uploaded
+
+
+def test_batches_split_by_count_and_bytes(repository, repo_path):
+    # Tiny objects fill a batch by count and large ones by bytes. Both kinds may share
+    # a batch, but each object must land in a pack of its own kind.
+    tiny = [b"tiny object %d" % number for number in range(BATCH_OBJECTS * 2 + 3)]
+    large = random_chunks(BATCH_BYTES // 50_000 + 5, 50_000, seed=11)
+
+    with repository.writer() as writer:
+        tiny_digests = [writer.put(KIND_TREE if n % 2 else KIND_DATA, obj)[0] for n, obj in enumerate(tiny)]
+        large_digests = [writer.put(KIND_DATA, chunk)[0] for chunk in large]
+        writer.flush()
+
+    assert writer.stats.objects_new == len(tiny) + len(large)
+    reopened = Repository.open(str(repo_path), PASSWORD)
+    assert list(reopened.iter_objects(tiny_digests)) == tiny
+    assert list(reopened.iter_objects(large_digests)) == large
+    kinds = {reopened.index.lookup(d).kind for d in tiny_digests[1::2]}
+    assert kinds == {KIND_TREE}
+
+
+def test_flush_sends_a_partial_batch(repository, repo_path):
+    with repository.writer() as writer:
+        digest, new = writer.put(KIND_DATA, b"one object, far below the batch size")
+        assert new and writer.has(digest)
+        writer.flush()
+
+    assert Repository.open(str(repo_path), PASSWORD).get(digest) == b"one object, far below the batch size"
+
+
+def test_failing_object_in_batch_fails_flush(repository):
+    # A str cannot be compressed: sealing raises inside the seal pool. The flush must
+    # report that error instead of hanging or writing a pack without the object.
+    good = random_chunks(3, 4000, seed=3)
+
+    with repository.writer() as writer:
+        for chunk in good:
+            writer.put(KIND_DATA, chunk)
+        writer.put(KIND_DATA, "not bytes" * 100, digest=b"\x01" * 32)
+        with pytest.raises(TypeError):
+            writer.flush()
+
+    assert repository.backend.list("index") == []
