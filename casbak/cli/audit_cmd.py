@@ -11,27 +11,16 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator, Optional
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Optional
 
 import typer
 
-from casbak.audit.checksums import iter_file_digests, json_record, sums_line
-from casbak.audit.ledger import ledger_entries
-from casbak.audit.pii import summarize_by_file
-from casbak.audit.signing import (
-    SIGNING_PASSWORD_ENV,
-    SigningKey,
-    create_key_file,
-    load_key_file,
-    load_public_keys,
-    publish_public_key,
-    resolve_key_path,
-    signing_password,
-)
-from casbak.catalog import load_manifests, resolve_snapshot
 from casbak.cli.context import CliState
 from casbak.errors import EXIT_PARTIAL, PasswordMissing, UsageError
-from casbak.store.repository import Repository
+
+if TYPE_CHECKING:
+    from casbak.audit.signing import SigningKey
+    from casbak.store.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +58,9 @@ def export_command(
     ),
 ) -> None:
     """Write a SHA256SUMS file for `sha256sum -c` (or JSON with --json); exit 3 when some files have no SHA-256."""
+    from casbak.audit.checksums import iter_file_digests, json_record, sums_line
+    from casbak.catalog import resolve_snapshot
+
     state: CliState = ctx.obj
     repository = state.open_repository()
     manifest = resolve_snapshot(repository, snapshot)
@@ -112,6 +104,10 @@ def ledger_command(
     ),
 ) -> None:
     """Export the snapshot chain as JSON lines, oldest first, with signer, signature and signed bytes."""
+    from casbak.audit.ledger import ledger_entries
+    from casbak.audit.signing import load_public_keys
+    from casbak.catalog import load_manifests
+
     state: CliState = ctx.obj
     repository = state.open_repository()
     manifests = load_manifests(repository)
@@ -136,6 +132,9 @@ def pii_command(
     snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, or `latest`."),
 ) -> None:
     """Show the PII scan record of a snapshot: counts per detector, files and line numbers (never values)."""
+    from casbak.audit.pii import summarize_by_file
+    from casbak.catalog import resolve_snapshot
+
     state: CliState = ctx.obj
     repository = state.open_repository()
     manifest = resolve_snapshot(repository, snapshot)
@@ -163,6 +162,8 @@ def pii_command(
 
 def init_signing_key(state: CliState, repository: Repository) -> SigningKey:
     """Create (or reuse) the signing key file for `repository` and store its public key there."""
+    from casbak.audit.signing import create_key_file, load_key_file, publish_public_key, resolve_key_path, signing_password
+
     path, _named = resolve_key_path(state.signing_key, repository.config.repository_id)
     if path.exists():
         key = load_key_file(path, signing_password(prompt=True))
@@ -181,6 +182,8 @@ def init_signing_key(state: CliState, repository: Repository) -> SigningKey:
 
 
 def _new_password() -> bytes:
+    from casbak.audit.signing import SIGNING_PASSWORD_ENV
+
     secret = os.environ.get(SIGNING_PASSWORD_ENV)
     if secret is not None:
         return secret.encode()

@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from casbak.errors import PasswordMissing, UsageError
-from casbak.store.cache import detach_cache
-from casbak.store.repository import Repository
+
+if TYPE_CHECKING:
+    from casbak.store.repository import Repository
 
 
 @dataclass
@@ -50,6 +51,10 @@ class CliState:
         return None
 
     def open_repository(self) -> Repository:
+        # Imported here so that `--help` does not load the storage layer.
+        from casbak.store.cache import detach_cache
+        from casbak.store.repository import Repository
+
         location = self.require_repo()
         try:
             repository = Repository.open(location, self.password(required=False), self.options)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from casbak.audit.signing import signing_key_for
 from casbak.cli.context import CliState, _read_password_file, _run_password_command, parse_options
 from casbak.cli.output import format_size
 from casbak.errors import PasswordMissing, UsageError
-from casbak.operations.copy import CopyResult, copy_snapshots
-from casbak.store.cache import detach_cache
-from casbak.store.repository import Repository
+
+if TYPE_CHECKING:
+    from casbak.operations.copy import CopyResult
+    from casbak.store.repository import Repository
 
 
 def copy(
@@ -47,6 +47,10 @@ def copy(
     ),
 ) -> None:
     """Copy snapshots from --from-repo into the target, storing only the objects it lacks."""
+    from casbak.audit.signing import signing_key_for
+    from casbak.operations.copy import copy_snapshots
+    from casbak.store.cache import detach_cache
+
     state: CliState = ctx.obj
     if not from_repo:
         raise UsageError("no source repository given: pass --from-repo LOCATION or set CASBAK_FROM_REPOSITORY")
@@ -66,6 +70,8 @@ def copy(
 
 
 def _open_source(location: str, password_file: Optional[str], password_command: Optional[str], options: dict) -> Repository:
+    from casbak.store.repository import Repository
+
     try:
         return Repository.open(location, _source_password(password_file, password_command), options)
     except PasswordMissing:

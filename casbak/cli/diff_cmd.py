@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from casbak.cli.output import display_path, format_size
 from casbak.errors import UsageError
-from casbak.operations.diff import Change, DiffResult, DiffSummary, diff
-from casbak.records.model import ByteDiff, ContentDiff, KeyChange, RecordChange, RecordDiff, RecordLimits, RecordRef
-from casbak.records.structure import canonical_json, display_value
 from casbak.tree import FILE, SYMLINK, Entry
+
+if TYPE_CHECKING:
+    from casbak.operations.diff import Change, DiffResult, DiffSummary
+    from casbak.records.model import ByteDiff, ContentDiff, KeyChange, RecordChange, RecordDiff, RecordRef
 
 JSON_SCHEMA = "casbak-diff/1"
 VALUE_WIDTH = 60  # characters of a value shown in text output before it is cut
@@ -31,6 +32,10 @@ def diff_command(
     listed: int = typer.Option(1000, "--list-limit", min=0, help="Added, removed and changed records listed per file, per kind."),
 ) -> None:
     """Show paths added (+), removed (-), modified (M), type-changed (T) and metadata-changed (U)."""
+    # casbak.records loads yaml and the other record parsers, so only diff runs import it.
+    from casbak.operations.diff import diff
+    from casbak.records.model import RecordLimits
+
     state = ctx.obj
     if key is not None and not key.strip():
         raise UsageError("--key is empty: give a record field name such as id")
@@ -127,12 +132,18 @@ def key_change_line(change: KeyChange) -> str:
         return f"{change.path}: added {_short(change.new)}"
     if change.status == "removed":
         return f"{change.path}: removed (was {_short(change.old)})"
-    old_text, new_text = _short_pair(display_value(change.old), display_value(change.new))
+    old_text, new_text = _short_pair(_display_value(change.old), _display_value(change.new))
     return f"{change.path}: {old_text} -> {new_text}"
 
 
+def _display_value(value: Any) -> str:
+    from casbak.records.structure import display_value
+
+    return display_value(value)
+
+
 def _short(value: Any) -> str:
-    text = display_value(value)
+    text = _display_value(value)
     return text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 3] + "..."
 
 
@@ -177,12 +188,12 @@ def record_lines(records: RecordDiff, details: int) -> list[str]:
 def _ref(ref: RecordRef, key: Optional[str]) -> str:
     if key is None or ref.key is None:
         return f"record #{ref.number}"
-    return f"{key}={display_value(ref.key)} (#{ref.number})"
+    return f"{key}={_display_value(ref.key)} (#{ref.number})"
 
 
 def _record_change_lines(change: RecordChange, key: Optional[str]) -> list[str]:
     names = sorted({_top_field(field.path) for field in change.fields})
-    head = f"M {key}={display_value(change.key)}"
+    head = f"M {key}={_display_value(change.key)}"
     if names:
         head += f": {', '.join(names)} changed"
     if change.swapped:
@@ -280,6 +291,8 @@ def content_json(content: Optional[ContentDiff]) -> Optional[dict]:
 
 
 def _plain(value: Any) -> Any:
+    from casbak.records.structure import canonical_json
+
     # Round-trip through canonical JSON so Parquet and TOML values (bytes, dates) become JSON values.
     return json.loads(canonical_json(value))
 

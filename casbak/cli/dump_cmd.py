@@ -13,16 +13,18 @@ import json
 import os
 import stat
 import sys
-import tarfile
-from typing import BinaryIO, Iterator, Optional
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Optional
 
 import typer
 
-from casbak.catalog import lookup_path, resolve_snapshot, walk
 from casbak.cli.output import naming_snapshot
 from casbak.errors import CasbakError, CorruptObject, UsageError
-from casbak.store.repository import Repository
 from casbak.tree import BLOCK_DEVICE, CHAR_DEVICE, DIRECTORY, FIFO, FILE, SYMLINK, Entry
+
+if TYPE_CHECKING:
+    import tarfile
+
+    from casbak.store.repository import Repository
 
 COPY_BLOCK = 1024 * 1024
 
@@ -79,6 +81,8 @@ def dump(
     output: Optional[str] = typer.Option(None, "--output", help="Write to this file instead of standard output."),
 ) -> None:
     """Write a stored file, or with --tar a directory, to standard output."""
+    from casbak.catalog import lookup_path, resolve_snapshot
+
     state = ctx.obj
     repository = state.open_repository()
     manifest = resolve_snapshot(repository, snapshot)
@@ -127,6 +131,10 @@ def _write_file(repository: Repository, entry: Entry, path: str, handle: BinaryI
 
 
 def _write_tar(repository: Repository, top: Entry, path: str, handle: BinaryIO) -> dict[str, int]:
+    import tarfile
+
+    from casbak.catalog import walk
+
     counts = {"files": 0, "directories": 0, "other": 0, "bytes": 0}
     prefix = "/".join(p for p in path.split("/") if p).encode("utf-8", "surrogateescape")
     if top.type == DIRECTORY:
@@ -153,6 +161,8 @@ def _write_tar(repository: Repository, top: Entry, path: str, handle: BinaryIO) 
 
 
 def _tar_info(raw_path: bytes, entry: Entry) -> tarfile.TarInfo:
+    import tarfile
+
     info = tarfile.TarInfo(raw_path.decode("utf-8", "surrogateescape"))
     info.mode = entry.mode
     info.uid, info.gid = entry.uid, entry.gid

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
-from casbak.catalog import load_manifests, load_tree
 from casbak.cli.output import display_path, format_size
 from casbak.errors import UsageError
-from casbak.manifest import Manifest
-from casbak.store.repository import Repository
 from casbak.tree import DIRECTORY, FILE, Entry
+
+if TYPE_CHECKING:
+    from casbak.manifest import Manifest
+    from casbak.store.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class Finder:
         self._cache: dict[tuple[bytes, bytes], list[tuple[bytes, Entry]]] = {}
 
     def search(self, digest: bytes, prefix: bytes = b"") -> list[tuple[bytes, Entry]]:
+        from casbak.catalog import load_tree
+
         key = (digest, prefix)
         cached = self._cache.get(key)
         if cached is not None:
@@ -132,6 +135,8 @@ class Finder:
 
 
 def find_matches(repository: Repository, predicate: Predicate, host: Optional[str] = None) -> list[Match]:
+    from casbak.catalog import load_manifests
+
     finder = Finder(repository, predicate)
     matches = []
     for manifest in load_manifests(repository):

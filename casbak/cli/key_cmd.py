@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from casbak.cli.audit_cmd import init_signing_key
 from casbak.cli.context import CliState
-from casbak.crypto import KdfParams
 from casbak.errors import PasswordMissing, UsageError
-from casbak.store.keys import add_key, change_password, list_keys, remove_key, resolve_key_id
-from casbak.store.repository import Repository
+
+if TYPE_CHECKING:
+    from casbak.crypto import KdfParams
+    from casbak.store.repository import Repository
 
 NEW_PASSWORD_ENV = "CASBAK_NEW_PASSWORD"
 
@@ -28,7 +29,14 @@ _NEW_PASSWORD_FILE = typer.Option(
     "--new-password-file",
     help=f"Read the new password from this file (else {NEW_PASSWORD_ENV}, else a prompt on a terminal).",
 )
-_KDF_N = typer.Option(KdfParams().n, "--kdf-n", hidden=True, help="scrypt cost N of the new key (a power of two).")
+# None means KdfParams().n, so that registering the option does not import casbak.crypto.
+_KDF_N = typer.Option(None, "--kdf-n", hidden=True, help="scrypt cost N of the new key (a power of two).")
+
+
+def _kdf_params(kdf_n: Optional[int]) -> KdfParams:
+    from casbak.crypto import KdfParams
+
+    return KdfParams() if kdf_n is None else KdfParams(n=kdf_n)
 
 
 def _open_encrypted(state: CliState) -> Repository:
@@ -76,6 +84,8 @@ def _prompt_twice() -> bytes:
 @key_app.command("list")
 def list_command(ctx: typer.Context) -> None:
     """List the key files; the one that opened the repository is marked with *."""
+    from casbak.store.keys import list_keys
+
     state: CliState = ctx.obj
     repository = _open_encrypted(state)
     infos = list_keys(repository.backend)
@@ -98,13 +108,15 @@ def list_command(ctx: typer.Context) -> None:
 def add_command(
     ctx: typer.Context,
     new_password_file: Optional[str] = _NEW_PASSWORD_FILE,
-    kdf_n: int = _KDF_N,
+    kdf_n: Optional[int] = _KDF_N,
 ) -> None:
     """Add a key file for a new password; the existing passwords keep working."""
+    from casbak.store.keys import add_key
+
     state: CliState = ctx.obj
     repository = _open_encrypted(state)
     password = read_new_password(new_password_file)
-    key_id = add_key(repository.backend, repository.master_keys, password, KdfParams(n=kdf_n))
+    key_id = add_key(repository.backend, repository.master_keys, password, _kdf_params(kdf_n))
     if state.json:
         state.emit_json({"added": key_id})
     elif not state.quiet:
@@ -114,6 +126,8 @@ def add_command(
 @key_app.command("remove")
 def remove_command(ctx: typer.Context, key: str = typer.Argument(..., help="Key id or a unique prefix of it.")) -> None:
     """Remove a key file; the key in use and the last key cannot be removed."""
+    from casbak.store.keys import remove_key, resolve_key_id
+
     state: CliState = ctx.obj
     repository = _open_encrypted(state)
     key_id = resolve_key_id(repository.backend, key)
@@ -128,14 +142,16 @@ def remove_command(ctx: typer.Context, key: str = typer.Argument(..., help="Key 
 def passwd_command(
     ctx: typer.Context,
     new_password_file: Optional[str] = _NEW_PASSWORD_FILE,
-    kdf_n: int = _KDF_N,
+    kdf_n: Optional[int] = _KDF_N,
 ) -> None:
     """Change the password in use: add a key for the new password, then remove the old key."""
+    from casbak.store.keys import change_password
+
     state: CliState = ctx.obj
     repository = _open_encrypted(state)
     password = read_new_password(new_password_file)
     old_key_id = repository.key_id
-    new_key_id = change_password(repository.backend, repository.master_keys, old_key_id, password, KdfParams(n=kdf_n))
+    new_key_id = change_password(repository.backend, repository.master_keys, old_key_id, password, _kdf_params(kdf_n))
     if state.json:
         state.emit_json({"added": new_key_id, "removed": old_key_id})
     elif not state.quiet:

@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import typer
 
+# Command modules import their operation modules inside the command functions, so that a
+# run loads only what its command uses. tests/cli/test_startup_imports.py checks this.
 from casbak.cli import repo_cmd, restore_cmd, snapshot_cmd
 from casbak.cli import diff_cmd
 from casbak.cli import key_cmd

@@ -14,8 +14,6 @@ import re
 import socket
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -102,6 +100,10 @@ def should_notify(notify_on: str, status: str) -> bool:
 
 def send_webhook(url: str, report: RunReport, timeout: float = WEBHOOK_TIMEOUT_SECONDS) -> bool:
     """POST the report as JSON to `url`; log and return False on any failure."""
+    # urllib.request loads http.client and email, which most runs never need.
+    import urllib.error
+    import urllib.request
+
     body = json.dumps(report.to_json(), default=str).encode()
     request = urllib.request.Request(
         url, data=body, method="POST",

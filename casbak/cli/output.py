@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import stat
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from casbak.errors import PathNotFound
-from casbak.manifest import Manifest
 from casbak.tree import DIRECTORY, SYMLINK, Entry
+
+if TYPE_CHECKING:
+    from casbak.manifest import Manifest
 
 
 def format_size(size: int) -> str:

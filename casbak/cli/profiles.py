@@ -23,7 +23,6 @@ import fcntl
 import logging
 import os
 import re
-import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -104,6 +103,8 @@ def default_config_path() -> Path:
 
 def load_config(path: Optional[str] = None) -> dict[str, Any]:
     """Parse the configuration file; a missing default file is an empty configuration."""
+    import tomllib  # only runs with a profile read the file
+
     config_path = Path(path).expanduser() if path else default_config_path()
     try:
         with open(config_path, "rb") as handle:

@@ -6,15 +6,13 @@ from typing import List, Optional
 
 import typer
 
-from casbak.catalog import load_manifests
-from casbak.chunking import ChunkerParams
 from casbak.cli.output import format_size
-from casbak.crypto import KdfParams
 from casbak.errors import UsageError
-from casbak.store.backend import open_backend
-from casbak.store.config import DEFAULT_PACK_SIZE, ENCRYPTION_AES, ENCRYPTION_NONE, RepositoryConfig
-from casbak.store.objectlock import ObjectLock, check_bucket_object_lock
-from casbak.store.repository import Repository
+
+# casbak.store.config.DEFAULT_PACK_SIZE in MiB, written out because importing the storage
+# layer for a default would slow down `--help` and every command that needs no repository.
+# A test compares the two.
+DEFAULT_PACK_SIZE_MIB = 16
 
 
 def init(
@@ -25,7 +23,7 @@ def init(
     chunk_avg: int = typer.Option(128, help="Target average chunk size in KiB (fixed for the repository's life)."),
     chunk_min: Optional[int] = typer.Option(None, help="Minimum chunk size in KiB (default: average / 4)."),
     chunk_max: Optional[int] = typer.Option(None, help="Maximum chunk size in KiB (default: average x 4)."),
-    pack_size: int = typer.Option(DEFAULT_PACK_SIZE // (1024 * 1024), help="Target pack size in MiB."),
+    pack_size: int = typer.Option(DEFAULT_PACK_SIZE_MIB, help="Target pack size in MiB."),
     compression_level: int = typer.Option(3, help="zstd compression level, 1 (fast) to 19 (small)."),
     kdf_n: int = typer.Option(2**15, hidden=True, help="scrypt cost N of the first key (a power of two)."),
     object_lock_days: int = typer.Option(
@@ -41,6 +39,13 @@ def init(
     ),
 ) -> None:
     """Create a new repository (encrypted unless --insecure-no-encryption)."""
+    from casbak.chunking import ChunkerParams
+    from casbak.crypto import KdfParams
+    from casbak.store.backend import open_backend
+    from casbak.store.config import ENCRYPTION_AES, ENCRYPTION_NONE, RepositoryConfig
+    from casbak.store.objectlock import ObjectLock, check_bucket_object_lock
+    from casbak.store.repository import Repository
+
     state = ctx.obj
     location = state.require_repo()
     if pack_size < 1:
@@ -81,6 +86,8 @@ def snapshots(
     tag: List[str] = typer.Option([], help="Only snapshots with this tag (repeatable; all must match)."),
 ) -> None:
     """List snapshots, oldest first."""
+    from casbak.catalog import load_manifests
+
     state = ctx.obj
     repository = state.open_repository()
     manifests = [m for m in load_manifests(repository) if (host is None or m.hostname == host) and set(tag) <= set(m.tags)]

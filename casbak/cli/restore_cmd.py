@@ -6,9 +6,7 @@ import datetime as dt
 
 import typer
 
-from casbak.catalog import lookup_path, resolve_snapshot, walk
 from casbak.cli.output import display_path, format_mode, format_size, naming_snapshot
-from casbak.operations.restore import restore_snapshot
 from casbak.tree import DIRECTORY, SYMLINK
 
 
@@ -19,6 +17,9 @@ def restore(
     path: str = typer.Option("", "--path", help="Restore only this path of the snapshot (as `casbak ls` shows it)."),
 ) -> None:
     """Restore a snapshot (or one path of it) into a directory, verifying every byte."""
+    from casbak.catalog import resolve_snapshot
+    from casbak.operations.restore import restore_snapshot
+
     state = ctx.obj
     repository = state.open_repository()
     manifest = resolve_snapshot(repository, snapshot)
@@ -39,6 +40,8 @@ def ls(
     long: bool = typer.Option(False, "--long", "-l", help="Show mode, size and modification time."),
 ) -> None:
     """List the files of a snapshot."""
+    from casbak.catalog import lookup_path, resolve_snapshot, walk
+
     state = ctx.obj
     repository = state.open_repository()
     manifest = resolve_snapshot(repository, snapshot)

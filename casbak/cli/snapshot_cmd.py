@@ -8,11 +8,10 @@ import socket
 import sys
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from casbak.catalog import find_parent
 from casbak.cli.monitoring import (
     STATUS_FAILED,
     STATUS_PARTIAL,
@@ -27,18 +26,10 @@ from casbak.cli.output import display_path, format_size
 from casbak.cli.profiles import NOTIFY_ON_VALUES, Profile, ProfileLocked, current_profile, profile_lock
 from casbak.cli.progress import make_progress
 from casbak.errors import EXIT_OK, EXIT_PARTIAL, CasbakError, UsageError
-from casbak.audit.pii import MODE_OFF, PII_MODES, PiiScan
-from casbak.audit.signing import signing_key_for
-from casbak.operations.remote_sources import is_remote_url
-from casbak.operations.snapshot import SnapshotResult, create_snapshot
-from casbak.operations.sources import (
-    CommandSource,
-    PathFilter,
-    StreamSource,
-    parse_size,
-    read_exclude_files,
-    stdin_source,
-)
+
+if TYPE_CHECKING:
+    from casbak.operations.snapshot import SnapshotResult
+    from casbak.operations.sources import PathFilter, StreamSource
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +53,18 @@ class SnapshotSettings:
     notify_url: Optional[str] = None
     notify_on: str = "failure"
     metrics_file: Optional[str] = None
-    pii_scan: str = MODE_OFF
+    # One of casbak.audit.pii.PII_MODES, set by merge_settings(); that module is imported
+    # only by snapshot runs, so the dataclass has no default mode of its own.
+    pii_scan: Optional[str] = None
     pii_allowlist: Optional[str] = None
     source_options: list[str] = field(default_factory=list)
 
 
 def merge_settings(profile: Optional[Profile], **given) -> SnapshotSettings:
     """Start from the profile's values and let every option given on the command line win."""
-    settings = SnapshotSettings()
+    from casbak.audit.pii import MODE_OFF, PII_MODES
+
+    settings = SnapshotSettings(pii_scan=MODE_OFF)
     if profile is not None:
         settings = SnapshotSettings(
             paths=list(profile.sources), tags=list(profile.tags), excludes=list(profile.exclude),
@@ -95,12 +90,16 @@ def merge_settings(profile: Optional[Profile], **given) -> SnapshotSettings:
 
 
 def build_filter(settings: SnapshotSettings) -> PathFilter:
+    from casbak.operations.sources import PathFilter, parse_size, read_exclude_files
+
     patterns = list(settings.excludes) + read_exclude_files(settings.exclude_files)
     limit = parse_size(settings.exclude_larger_than) if settings.exclude_larger_than else None
     return PathFilter(patterns=patterns, max_file_size=limit, one_file_system=settings.one_file_system)
 
 
 def open_streams(settings: SnapshotSettings, stack: ExitStack) -> list[StreamSource]:
+    from casbak.operations.sources import CommandSource, stdin_source
+
     filename = settings.stdin_filename or DEFAULT_STDIN_FILENAME
     if settings.stdin:
         return [stack.enter_context(stdin_source(filename))]
@@ -171,6 +170,10 @@ def snapshot(
 
 
 def _run(state, settings: SnapshotSettings, parent: Optional[str], force: bool) -> SnapshotResult:
+    from casbak.audit.pii import PiiScan
+    from casbak.audit.signing import signing_key_for
+    from casbak.operations.snapshot import create_snapshot
+
     path_filter = build_filter(settings)
     if not settings.paths and not settings.stdin and not settings.stdin_from_command:
         raise UsageError("nothing to snapshot: give paths, --stdin, --stdin-from-command, or a --profile with sources")
@@ -198,6 +201,9 @@ def _size_estimate(state, repository, settings: SnapshotSettings, streams: list[
     """Return the parent snapshot's size as the expected total, for an ETA on a terminal."""
     if state.quiet or state.json or streams or not sys.stderr.isatty():
         return None
+    from casbak.catalog import find_parent
+    from casbak.operations.remote_sources import is_remote_url
+
     sources = [p if is_remote_url(p) else os.path.abspath(os.path.expanduser(p)) for p in settings.paths]
     parent = find_parent(repository, settings.host or socket.gethostname(), sources)
     return int(parent.stats.get("bytes_total", 0)) or None if parent else None

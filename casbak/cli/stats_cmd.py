@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from casbak.catalog import load_manifests
 from casbak.cli.output import format_size
-from casbak.manifest import Manifest
-from casbak.store.packs import KIND_DATA, KIND_TREE
-from casbak.store.repository import Repository
+
+if TYPE_CHECKING:
+    from casbak.manifest import Manifest
+    from casbak.store.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ class RepositoryStats:
 
 def collect_stats(repository: Repository) -> RepositoryStats:
     """Compute repository statistics from the index, the manifests and metadata file sizes."""
+    from casbak.catalog import load_manifests
+    from casbak.store.packs import KIND_DATA, KIND_TREE
+
     manifests = load_manifests(repository)
     packs = repository.index.packs()
     data_pack_bytes = sum(size for _id, kind, size in packs if kind == KIND_DATA)

@@ -13,17 +13,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from casbak.audit.signing import SigningKey, sign_manifest, signing_key_for
-from casbak.catalog import load_manifests, resolve_snapshot
 from casbak.errors import UsageError
-from casbak.manifest import Manifest
-from casbak.operations.forget import remove_manifests
-from casbak.store.locks import EXCLUSIVE, RepositoryLock
-from casbak.store.repository import Repository
+
+if TYPE_CHECKING:
+    from casbak.audit.signing import SigningKey
+    from casbak.manifest import Manifest
+    from casbak.store.locks import RepositoryLock
+    from casbak.store.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ def retag(
     given. Storage with retention (such as S3 Object Lock) may keep the old manifest,
     which then stays listed with its old tags.
     """
+    from casbak.audit.signing import sign_manifest
+    from casbak.catalog import load_manifests
+    from casbak.operations.forget import remove_manifests
+
     newest = load_manifests(repository)
     previous = newest[-1].id if newest else None
     if previous == manifest.id:
@@ -82,6 +86,10 @@ def tag(
     replace: List[str] = typer.Option([], "--set", help="Replace all tags with these (repeatable); --add and --remove apply after it."),
 ) -> None:
     """Change the tags of snapshots; each changed snapshot gets a new id."""
+    from casbak.audit.signing import signing_key_for
+    from casbak.catalog import resolve_snapshot
+    from casbak.store.locks import EXCLUSIVE, RepositoryLock
+
     state = ctx.obj
     if not (add or remove or replace):
         raise UsageError("tag: give at least one of --add, --remove or --set")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from casbak.cli.output import format_size
 from casbak.errors import EXIT_INTEGRITY, UsageError
-from casbak.operations.verify import Finding, VerifyOptions, VerifyResult, parse_subset, verify_repository
+
+if TYPE_CHECKING:
+    from casbak.operations.verify import Finding, VerifyResult
 
 # Affected paths printed per finding in the text output; --json lists up to the API's cap.
 SHOWN_AFFECTED = 10
@@ -44,6 +46,8 @@ def verify(
     ),
 ) -> None:
     """Check that the repository is complete and undamaged; exit 5 when it is not."""
+    from casbak.operations.verify import VerifyOptions, parse_subset, verify_repository
+
     if snapshot is not None and not restore_drill:
         raise UsageError(f"snapshot {snapshot!r} given without --restore-drill; verify always checks every snapshot")
     if signer and not ledger:

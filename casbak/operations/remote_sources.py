@@ -16,10 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-import fsspec
-from fsspec.core import split_protocol
-
 from casbak.errors import UsageError
+from casbak.store.backend import url_protocol
 from casbak.store.packs import KIND_TREE
 from casbak.tree import DIRECTORY, FILE, Entry, Tree
 
@@ -64,7 +62,7 @@ class _RemoteDirectory:
 
 def is_remote_url(source: str) -> bool:
     """Return whether `source` names an fsspec URL rather than a local path."""
-    protocol, _path = split_protocol(source)
+    protocol = url_protocol(source)
     return protocol is not None and protocol != "file" and "://" in source
 
 
@@ -85,7 +83,10 @@ def split_sources(sources: Sequence[str], options: Optional[Mapping[str, Any]] =
 
 
 def open_remote_source(url: str, options: Mapping[str, Any]) -> RemoteSource:
-    scheme, _rest = split_protocol(url)
+    # Imported here so that snapshots of local paths never load fsspec and asyncio.
+    import fsspec.core
+
+    scheme = url_protocol(url)
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:

@@ -250,6 +250,8 @@ PARTIAL_SCRIPT = textwrap.dedent(
     """
     import contextlib, io, os, sys
     from casbak.cli.main import app, main
+    # The snapshot command imports its operation modules when it runs, so import them while still root.
+    import casbak.operations.snapshot, casbak.store.cache
     # typer imports parts of itself on first use, so parse a command once while still root.
     with contextlib.redirect_stdout(io.StringIO()):
         for args in (["--help"], ["snapshot", "--help"]):
