@@ -20,9 +20,13 @@ from casbak.cli import dump_cmd, find_cmd, stats_cmd, tag_cmd
 from casbak.cli import gc_cmd
 from casbak.cli import copy_cmd
 from casbak.cli import audit_cmd
+from casbak.cli import coercion
 from casbak.cli.context import CliState, parse_options
 from casbak.cli.profiles import apply_profile, load_profile
 from casbak.errors import CasbakError, IntegrityError
+
+# Plain option values are converted without pydantic, which typer would import on every run.
+coercion.install()
 
 app = typer.Typer(
     name="casbak",

@@ -26,6 +26,7 @@ from tests.conftest import PASSWORD, make_tree
 RECORD_DIFF_MODULES = ("casbak.records", "yaml", "pyarrow")  # `casbak diff --records` only
 REMOTE_MODULES = ("fsspec",)  # non-local repositories and URL sources; pulls in asyncio
 TERMINAL_MODULES = ("rich",)  # progress bars and help pages on a terminal
+TYPER_CONVERSION_MODULES = ("pydantic",)  # typer's converters; casbak.cli.coercion handles plain values
 OTHER_COMMAND_MODULES = (
     "casbak.operations.verify",
     "casbak.operations.prune",
@@ -36,8 +37,11 @@ OTHER_COMMAND_MODULES = (
     "urllib.request",  # snapshot --notify-url
     "tomllib",  # --profile
 )
-NOT_FOR_SNAPSHOT = RECORD_DIFF_MODULES + REMOTE_MODULES + TERMINAL_MODULES + OTHER_COMMAND_MODULES
-NOT_FOR_LISTING = NOT_FOR_SNAPSHOT + ("pathspec", "casbak.audit.pii", "casbak.operations.snapshot")
+NOT_FOR_SNAPSHOT = (
+    RECORD_DIFF_MODULES + REMOTE_MODULES + TERMINAL_MODULES + TYPER_CONVERSION_MODULES + OTHER_COMMAND_MODULES
+)
+# pathspec (exclude patterns) imports asyncio, so only the listing goes without asyncio.
+NOT_FOR_LISTING = NOT_FOR_SNAPSHOT + ("pathspec", "asyncio", "casbak.audit.pii", "casbak.operations.snapshot")
 NOT_FOR_HELP = NOT_FOR_LISTING + ("casbak.store.repository", "casbak.catalog", "cryptography", "zstandard")
 
 # Runs the command in this interpreter, then writes the exit code and the loaded
