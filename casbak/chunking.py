@@ -119,7 +119,14 @@ class Chunker:
             yield bytes(chunk.data)
 
     def chunk_bytes(self, data: bytes) -> list[bytes]:
-        """Return the chunks of an in-memory buffer (used for tests and small inputs)."""
+        """Return the chunks of an in-memory buffer (small files and streams, and tests).
+
+        Data of at most `min_size` bytes is one chunk, as FastCDC places no cut point
+        before `min_size`. Such data is returned without a pyfastcdc call, and a bytes
+        object without a copy.
+        """
+        if len(data) <= self.params.min_size:
+            return [bytes(data)] if data else []
         return [bytes(chunk.data) for chunk in self._cdc.cut_buf(data)]
 
 

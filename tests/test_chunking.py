@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 
+import pyfastcdc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -100,6 +101,30 @@ def test_short_reads_keep_cut_points(golden_input):
 
 def test_empty_stream_has_no_chunks():
     assert list(Chunker(SMALL_CHUNKER).chunks(io.BytesIO(b""))) == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(size=st.integers(min_value=0, max_value=3 * SMALL_CHUNKER.min_size), seed=st.integers(min_value=0, max_value=2**16))
+def test_chunk_bytes_matches_fastcdc_near_min_size(size, seed):
+    # chunk_bytes skips pyfastcdc for inputs up to min_size, so its cuts must match pyfastcdc's.
+    data = random.Random(seed).randbytes(size)
+    params = ChunkerParams(SMALL_CHUNKER.min_size, SMALL_CHUNKER.avg_size, SMALL_CHUNKER.max_size, seed=seed)
+    reference = pyfastcdc.FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size,
+                                  normalized_chunking=params.normalization, seed=params.seed)
+
+    chunks = Chunker(params).chunk_bytes(data)
+
+    assert chunks == [bytes(chunk.data) for chunk in reference.cut_buf(data)]
+    assert all(type(chunk) is bytes for chunk in chunks)
+
+
+def test_chunk_bytes_copies_mutable_input():
+    buffer = bytearray(b"row\n" * 10)
+
+    chunks = Chunker(SMALL_CHUNKER).chunk_bytes(buffer)
+    buffer[:3] = b"xxx"
+
+    assert chunks == [b"row\n" * 10]
 
 
 def test_insert_shifts_few_chunks(golden_input):

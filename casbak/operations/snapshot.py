@@ -1,10 +1,11 @@
 """Create a snapshot: walk sources, chunk changed files, write trees, then the manifest.
 
-The walker runs in the calling thread. Files that must be read go to a small pool of
-reader threads, which chunk, hash and queue new chunks with the ObjectWriter (whose own
-pool compresses, encrypts and uploads). Directories are finished in post-order as soon
-as all their files are done, so at most `window` files are in flight and memory stays
-bounded whatever the size of the tree or of any file.
+The walker runs in the calling thread. It reads files up to INLINE_READ_LIMIT itself and
+hands larger ones to a small pool of reader threads. Both chunk, hash and queue new chunks
+with the ObjectWriter, whose own pool compresses, encrypts and uploads. Directories are
+finished in post-order as soon as all their files are done, and a finished directory
+keeps only its digest. So at most `window` files are in flight, and memory grows with the
+entries of the directories still open, not with the size of the tree or of any file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ from casbak.catalog import find_parent, load_manifests, load_tree, resolve_snaps
 from casbak.chunking import Chunker, ChunkerParams
 from casbak.errors import UsageError
 from casbak.manifest import Manifest
+from casbak.operations.local_files import (
+    list_directory,
+    lstat_or_none,
+    open_and_stat,
+    open_for_reading,
+    read_small,
+    same_version,
+    stat_or_none,
+)
 from casbak.operations.progress import Progress
 from casbak.operations.remote_sources import RemoteSource, archive_remote, check_remote_paths, split_sources
 from casbak.operations.sources import PathFilter, StreamSource, check_stream_paths
@@ -40,7 +50,9 @@ from casbak.tree import BLOCK_DEVICE, CHAR_DEVICE, DIRECTORY, FIFO, FILE, SYMLIN
 
 log = logging.getLogger(__name__)
 
-# Files up to this size are read by the walker itself instead of a reader thread.
+# Files up to this size are read by the walker itself, in one read call, because a task
+# for a reader thread would cost more than the read (a Future, a lock and two thread
+# switches). Compression still runs in the writer's pool.
 INLINE_READ_LIMIT = 64 * 1024
 
 # How often a file that changes while it is read is read again before it is stored as is.
@@ -76,27 +88,42 @@ class SnapshotResult:
     warnings: list[dict] = field(default_factory=list)
 
 
+# A child slot of a _DirNode: an entry, a subdirectory, None while a reader thread reads
+# the file or once its error is recorded, or the exception that stopped the reader.
+_Child = Union[Entry, "_DirNode", None, BaseException]
+
+
 @dataclass
 class _DirNode:
-    """A directory whose tree is written once all its children are finished."""
+    """A directory whose tree is written once all its children are finished.
+
+    Reader threads fill their slots in `children` and decrement `reading` under the
+    archiver's lock. Once the tree is written, only `digest` is kept.
+    """
 
     name: bytes
     stat: Optional[os.stat_result]
-    children: list[Union[Entry, Future, "_DirNode"]] = field(default_factory=list)
+    children: list[_Child] = field(default_factory=list)
     digest: Optional[bytes] = None
+    reading: int = 0
 
     def ready(self) -> bool:
-        return all(not isinstance(c, Future) or c.done() for c in self.children)
+        return self.reading == 0
 
 
 @dataclass
 class _Frame:
-    """A directory being walked: its node, its path, the names still to visit."""
+    """A directory being walked: its node, its path, the names still to visit.
+
+    `not_regular` contains the names that the directory listing did not report as regular
+    files; all other names are opened without an lstat first.
+    """
 
     node: _DirNode
     path: bytes
     names: Iterator[bytes]
     parent_tree: dict[bytes, Entry]
+    not_regular: set[bytes]
 
 
 def create_snapshot(
@@ -312,7 +339,7 @@ class _Archiver:
     def _archive_virtual(self, name: bytes, path: bytes, trie: dict, parent_subtree: Optional[bytes]) -> _DirNode:
         # stat, not lstat: a symlink above a source is stored as the directory it leads to,
         # and the link's own mode (0o777) would restore as a world-writable directory.
-        node = _DirNode(name, _stat_or_none(path) if name else None)
+        node = _DirNode(name, stat_or_none(path) if name else None)
         parent_tree = self._parent_tree(parent_subtree)
         for child_name in sorted(trie):
             child = trie[child_name]
@@ -360,7 +387,11 @@ class _Archiver:
                 self._drain(block=False)
                 continue
             child_path = os.path.join(frame.path, child_name)
-            subdirectory = self._add_path(frame.node, child_path, child_name, frame.parent_tree.get(child_name))
+            parent_entry = frame.parent_tree.get(child_name)
+            if child_name not in frame.not_regular and self._reads_without_lstat(parent_entry):
+                if self._add_listed_file(frame.node, child_path, child_name, parent_entry is not None):
+                    continue
+            subdirectory = self._add_path(frame.node, child_path, child_name, parent_entry)
             if subdirectory is not None:
                 stack.append(subdirectory)
 
@@ -368,12 +399,11 @@ class _Archiver:
         self, name: bytes, path: bytes, st: os.stat_result, parent_subtree: Optional[bytes]
     ) -> Optional["_Frame"]:
         try:
-            with os.scandir(path) as scan:
-                names = sorted(item.name for item in scan)
+            names, not_regular = list_directory(path)
         except OSError as exc:
             self._record_error(path, f"cannot list directory: {exc.strerror or exc}")
             return None
-        return _Frame(_DirNode(name, st), path, iter(names), self._parent_tree(parent_subtree))
+        return _Frame(_DirNode(name, st), path, iter(names), self._parent_tree(parent_subtree), not_regular)
 
     def _add_path(self, node: _DirNode, path: bytes, name: bytes, parent_entry: Optional[Entry]) -> Optional["_Frame"]:
         """Add one entry to `node`; return the frame of a directory still to be walked."""
@@ -392,7 +422,7 @@ class _Archiver:
                 node.children.append(frame.node)
             return frame
         if stat.S_ISREG(mode):
-            child = self._file_entry(path, name, st, parent_entry)
+            child = self._file_entry(node, path, name, st, parent_entry)
             if child is not None:
                 node.children.append(child)
         elif stat.S_ISLNK(mode):
@@ -417,8 +447,9 @@ class _Archiver:
         return None
 
     def _file_entry(
-        self, path: bytes, name: bytes, st: os.stat_result, parent_entry: Optional[Entry]
-    ) -> Union[Entry, Future, None]:
+        self, node: _DirNode, path: bytes, name: bytes, st: os.stat_result, parent_entry: Optional[Entry]
+    ) -> Optional[Entry]:
+        """Return the entry of a regular file, or None when it was queued for a reader or failed."""
         if not self.full_read and self._unchanged(parent_entry, st):
             entry = _metadata_entry(name, FILE, st)
             entry.size, entry.chunks, entry.content = parent_entry.size, parent_entry.chunks, parent_entry.content
@@ -430,18 +461,69 @@ class _Archiver:
                 self.stats.bytes_total += entry.size
             self.progress.file_done(path, entry.size, read=False)
             return entry
-        if st.st_size <= INLINE_READ_LIMIT:
-            # A pool task costs more than reading a small file here: a Future, a lock
-            # and two thread switches. Compression still runs in the writer's pool.
-            return self._read_file(path, name, parent_entry is not None)
+        existed = parent_entry is not None
+        if st.st_size > INLINE_READ_LIMIT:
+            self._queue_read(node, path, name, existed)
+            return None
+        try:
+            fd, before = open_and_stat(path)
+        except OSError as exc:
+            self._record_error(path, f"cannot read: {exc.strerror or exc}")
+            return None
+        try:
+            if not stat.S_ISREG(before.st_mode):
+                self._record_error(path, "cannot read: no longer a regular file")
+                return None
+            if before.st_size > INLINE_READ_LIMIT:
+                # It grew since the lstat. _read_file streams it, so memory stays bounded.
+                return self._read_file(path, name, existed)
+            return self._read_small_file(fd, path, name, before, existed)
+        finally:
+            os.close(fd)
+
+    def _reads_without_lstat(self, parent_entry: Optional[Entry]) -> bool:
+        # An exclude filter needs the lstat result, and so does the comparison with a
+        # parent entry that may let the file be skipped.
+        return self.path_filter is None and (parent_entry is None or self.full_read)
+
+    def _add_listed_file(self, node: _DirNode, path: bytes, name: bytes, existed: bool) -> bool:
+        """Store a file that the directory listing reported as regular; False to use _add_path.
+
+        fstat on the open descriptor gives the metadata that an lstat would, so this
+        path saves one system call per file. It returns False, having stored nothing,
+        when the name cannot be opened or is no longer a regular file. _add_path then
+        stats it again and stores it by its type or records why it failed.
+        """
+        try:
+            fd, st = open_and_stat(path)
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            if st.st_size > INLINE_READ_LIMIT:
+                self._queue_read(node, path, name, existed)
+                return True
+            entry = self._read_small_file(fd, path, name, st, existed)
+        finally:
+            os.close(fd)
+        if entry is not None:
+            node.children.append(entry)
+        return True
+
+    def _queue_read(self, node: _DirNode, path: bytes, name: bytes, existed: bool) -> None:
+        """Have a reader thread read the file into a new slot of `node`."""
         if len(self._window) >= self._max_window:
             self._window.popleft().result()
             self._drain(block=False)
-        future = self._pool.submit(self._read_file, path, name, parent_entry is not None)
-        self._window.append(future)
+        slot = len(node.children)
+        node.children.append(None)
+        with self._lock:
+            node.reading += 1
+        self._window.append(self._pool.submit(self._read_into_slot, node, slot, path, name, existed))
+        # Results are in their slots already; result() only raises what a reader raised.
         while self._window and self._window[0].done():
-            self._window.popleft()
-        return future
+            self._window.popleft().result()
 
     def _excluded(self, path: bytes, st: os.stat_result) -> bool:
         reason = self.path_filter.reason(path, st)
@@ -477,18 +559,82 @@ class _Archiver:
             log.warning("parent tree %s unreadable, reading the directory in full: %s", digest.hex()[:12], exc)
             return {}
 
-    # Reading files (reader threads)
+    # Reading files
 
-    def _read_file(self, path: bytes, name: bytes, existed: bool) -> Optional[Entry]:
+    def _read_into_slot(self, node: _DirNode, slot: int, path: bytes, name: bytes, existed: bool) -> None:
+        # The slot is filled before the task ends, so a caller that waited for the task
+        # finds it filled. Dropping the Future then frees it, whatever its directory.
+        result: _Child = None
         try:
-            return self._read_file_stable(path, name, existed)
+            result = self._read_file(path, name, existed)
+        except BaseException as exc:
+            result = exc
+            raise
+        finally:
+            with self._lock:
+                node.children[slot] = result
+                node.reading -= 1
+
+    def _read_small_file(self, fd: int, path: bytes, name: bytes, before: os.stat_result, existed: bool) -> Optional[Entry]:
+        """Read and store an open file of at most INLINE_READ_LIMIT bytes in one read call.
+
+        A file that changes while it is read goes to _read_file, which reads it again.
+        """
+        try:
+            data = read_small(fd, before.st_size)
+            # Reported before the check below, like the chunks of larger files, so a
+            # change that a progress receiver makes during the read is detected.
+            self.progress.bytes_done(len(data))
+            after = os.fstat(fd)
+        except OSError as exc:
+            self._record_error(path, f"cannot read: {exc.strerror or exc}")
+            return None
+        if not same_version(before, after) or len(data) != after.st_size or before.st_nlink != after.st_nlink:
+            # Unlinking or replacing the file by rename changes st_nlink (and st_ctime),
+            # so reading again then picks up the file that now has the name.
+            log.info("file %s changed while it was read; reading it again", os.fsdecode(path))
+            with self._lock:
+                self.stats.bytes_read += len(data)
+            return self._read_file(path, name, existed, first_attempt=min(2, READ_ATTEMPTS))
+        return self._small_file_entry(data, path, name, before, existed)
+
+    def _small_file_entry(self, data: bytes, path: bytes, name: bytes, st: os.stat_result, existed: bool) -> Entry:
+        hasher = self.repository.hasher
+        digests = []
+        for chunk in self._chunker().chunk_bytes(data):
+            digest = hasher.digest(chunk)
+            self.writer.put(KIND_DATA, chunk, digest)
+            digests.append(digest)
+        # The content hash is the object digest function over the whole file (see
+        # docs/format.md), so a file of one chunk has that chunk's digest as its hash.
+        content = digests[0] if len(digests) == 1 else hasher.digest(data)
+        sha256 = hashlib.sha256(data).digest() if self.repository.config.file_sha256 else None
+        if self.pii_scan is not None:
+            scanner = self.pii_scan.scanner_for(_path_text(path))
+            if scanner is not None:
+                scanner.feed(data)
+                self.pii_scan.record(scanner.finish())
+        entry = _metadata_entry(name, FILE, st, size=len(data), chunks=digests, content=content, sha256=sha256)
+        with self._lock:
+            if existed:
+                self.stats.files_changed += 1
+            else:
+                self.stats.files_new += 1
+            self.stats.bytes_total += len(data)
+            self.stats.bytes_read += len(data)
+        self.progress.file_done(path, len(data), read=True)
+        return entry
+
+    def _read_file(self, path: bytes, name: bytes, existed: bool, first_attempt: int = 1) -> Optional[Entry]:
+        try:
+            return self._read_file_stable(path, name, existed, first_attempt)
         except OSError as exc:
             self._record_error(path, f"cannot read: {exc.strerror or exc}")
             return None
 
-    def _read_file_stable(self, path: bytes, name: bytes, existed: bool) -> Optional[Entry]:
-        for attempt in range(1, READ_ATTEMPTS + 1):
-            fd = _open_for_reading(path)
+    def _read_file_stable(self, path: bytes, name: bytes, existed: bool, first_attempt: int) -> Optional[Entry]:
+        for attempt in range(first_attempt, READ_ATTEMPTS + 1):
+            fd = open_for_reading(path)
             with os.fdopen(fd, "rb", buffering=0) as handle:
                 before = os.fstat(fd)
                 if not stat.S_ISREG(before.st_mode):
@@ -496,8 +642,8 @@ class _Archiver:
                     return None
                 chunks, size, content = self._chunk(handle, path)
                 after = os.fstat(fd)
-            current = _lstat_or_none(path)
-            stable = _same_version(before, after) and size == after.st_size
+            current = lstat_or_none(path)
+            stable = same_version(before, after) and size == after.st_size
             if stable and current is not None and current.st_ino == before.st_ino:
                 break
             if attempt < READ_ATTEMPTS:
@@ -572,22 +718,31 @@ class _Archiver:
     # Finishing directories
 
     def _drain(self, block: bool) -> None:
-        """Write the trees of finished directories, children before parents."""
+        """Write the trees of finished directories, children before parents.
+
+        With `block`, wait for every queued read first, so that all directories are ready.
+        """
+        if block:
+            while self._window:
+                self._window.popleft().result()
         while self._pending and (block or self._pending[0].ready()):
             self._finish_directory(self._pending.popleft())
 
     def _finish_directory(self, node: _DirNode) -> None:
         entries = []
         for child in node.children:
-            if isinstance(child, Future):
-                child = child.result()
-                if child is None:
-                    continue
+            if child is None:
+                continue  # its error is recorded
+            if isinstance(child, BaseException):
+                raise child
             if isinstance(child, _DirNode):
                 child = _directory_entry(child)
             entries.append(child)
         digest, _new = self.writer.put(KIND_TREE, Tree(entries).encode())
         node.digest = digest
+        # The parent needs only the digest; dropping the entries now keeps memory to
+        # the directories still open instead of the whole tree walked so far.
+        node.children = []
         with self._lock:
             self.stats.directories += 1
 
@@ -632,14 +787,6 @@ def _directory_entry(node: _DirNode) -> Entry:
     return _metadata_entry(node.name, DIRECTORY, node.stat, subtree=node.digest)
 
 
-def _same_version(before: os.stat_result, after: os.stat_result) -> bool:
-    return (
-        before.st_size == after.st_size
-        and before.st_mtime_ns == after.st_mtime_ns
-        and before.st_ctime_ns == after.st_ctime_ns
-    )
-
-
 def _path_text(path: bytes) -> str:
     """Return a path as manifest text; bytes that are not UTF-8 become backslash escapes.
 
@@ -647,31 +794,3 @@ def _path_text(path: bytes) -> str:
     snapshot with such a source or error path could not be saved.
     """
     return path.decode("utf-8", "backslashreplace")
-
-
-def _lstat_or_none(path: bytes) -> Optional[os.stat_result]:
-    try:
-        return os.lstat(path)
-    except OSError:
-        return None
-
-
-def _stat_or_none(path: bytes) -> Optional[os.stat_result]:
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
-
-
-def _open_for_reading(path: bytes) -> int:
-    # O_NONBLOCK: a file replaced by a FIFO after the walk would otherwise block open()
-    # until some writer appears. It is cleared again before anything is read.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        # O_NOATIME keeps backups from touching access times; only the owner or root may use it.
-        fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
-    except PermissionError:
-        fd = os.open(path, flags)
-    os.set_blocking(fd, True)
-    return fd
-
