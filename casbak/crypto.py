@@ -205,6 +205,22 @@ class Cipher:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, associated)
 
+    def encrypt_after(self, prefix: bytes, plaintext: bytes, associated: bytes) -> bytearray:
+        """Return `prefix` followed by what encrypt() returns, built in one buffer.
+
+        Sealing every chunk used to copy its ciphertext twice (after the nonce, then after
+        the object header). Writing nonce, ciphertext and tag into a buffer of the final
+        size saves both copies.
+        """
+        start = len(prefix) + NONCE_SIZE
+        out = bytearray(start + len(plaintext) + TAG_SIZE)
+        out[: len(prefix)] = prefix
+        nonce = os.urandom(NONCE_SIZE)
+        out[len(prefix) : start] = nonce
+        with memoryview(out) as view:
+            self._aead.encrypt_into(nonce, plaintext, associated, view[start:])
+        return out
+
     def decrypt(self, blob: bytes, associated: bytes) -> bytes:
         if len(blob) < NONCE_SIZE + TAG_SIZE:
             raise CorruptObject(f"ciphertext of {len(blob)} bytes is shorter than nonce and tag")

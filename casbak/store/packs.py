@@ -13,8 +13,10 @@ whole content, so its integrity can be checked without any key.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
+from typing import Optional, Union
 
 import blake3
 import msgpack
@@ -29,6 +31,10 @@ KINDS = (KIND_DATA, KIND_TREE)
 TRAILER = struct.Struct("<I")
 DIGEST_SIZE = 32
 
+# Room above the pack size for the object that fills a pack and for the pack header, so
+# that a buffer sized for one pack rarely has to grow.
+BUFFER_SLACK = 2 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class PackEntry:
@@ -40,26 +46,77 @@ class PackEntry:
     raw_length: int
 
 
+class PackBuffer:
+    """A growable byte buffer in anonymous memory, meant to be reused for pack after pack.
+
+    A fresh 16 MiB buffer per pack costs about 4,000 page faults, each a page the kernel
+    must zero. With one pack per 16 MiB of new data, that was a large share of a
+    snapshot's system time. A reused mapping keeps its pages, and pages that are never
+    written (a tree pack that stays small) never become resident.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._map = mmap.mmap(-1, max(capacity, mmap.PAGESIZE))
+        self.used = 0
+
+    def __len__(self) -> int:
+        return self.used
+
+    @property
+    def capacity(self) -> int:
+        return len(self._map)
+
+    def append(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        end = self.used + len(data)
+        if end > len(self._map):
+            self._grow(end)
+        self._map[self.used : end] = data
+        self.used = end
+
+    def view(self) -> memoryview:
+        """Return the written bytes; release the view before the buffer is reused."""
+        return memoryview(self._map)[: self.used]
+
+    def clear(self) -> None:
+        self.used = 0
+
+    def _grow(self, needed: int) -> None:
+        bigger = mmap.mmap(-1, max(needed, 2 * len(self._map)))
+        with memoryview(self._map) as old:
+            bigger[: self.used] = old[: self.used]
+        self._map.close()
+        self._map = bigger
+
+
 @dataclass
 class PackBuilder:
-    """Accumulates sealed objects of one kind until the pack is large enough to upload."""
+    """Accumulates sealed objects of one kind until the pack is large enough to upload.
+
+    The bytes go into `buffer`, which a writer may take from a pool and hand back after
+    the upload (see ObjectWriter). Without one, the builder makes its own.
+    """
 
     kind: str
-    buffer: bytearray = field(default_factory=bytearray)
+    buffer: Optional[PackBuffer] = None
     entries: list[PackEntry] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.buffer is None:
+            self.buffer = PackBuffer(mmap.PAGESIZE)
 
     def add(self, digest: bytes, sealed: bytes, raw_length: int) -> None:
         self.entries.append(PackEntry(digest, len(self.buffer), len(sealed), raw_length))
-        self.buffer += sealed
+        self.buffer.append(sealed)
 
     def __len__(self) -> int:
         return len(self.buffer)
 
-    def finish(self, sealer: Sealer) -> tuple[str, bytearray]:
+    def finish(self, sealer: Sealer) -> tuple[str, memoryview]:
         """Append the header and trailer; return (pack id, pack bytes).
 
-        The returned buffer is the builder's own, not a copy: a copy would double the
-        memory of every pack waiting for upload.
+        The returned view points into the builder's buffer, not at a copy: a copy would
+        double the memory of every pack waiting for upload. It is valid until the buffer
+        is cleared for the next pack.
         """
         header = {
             "version": PACK_VERSION,
@@ -67,9 +124,10 @@ class PackBuilder:
             "objects": [[e.digest, e.offset, e.length, e.raw_length] for e in self.entries],
         }
         sealed_header = sealer.seal(msgpack.packb(header), role=ROLE_PACK_HEADER)
-        self.buffer += sealed_header
-        self.buffer += TRAILER.pack(len(sealed_header))
-        return blake3.blake3(self.buffer).hexdigest(), self.buffer
+        self.buffer.append(sealed_header)
+        self.buffer.append(TRAILER.pack(len(sealed_header)))
+        data = self.buffer.view()
+        return blake3.blake3(data).hexdigest(), data
 
 
 def pack_path(kind: str, pack_id: str) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 from casbak.store.allocator import pin_mmap_threshold
 from casbak.store.backend import LocalBackend
 from casbak.store.index import PackInfo, encode_index
-from casbak.store.packs import KIND_DATA, KIND_TREE, PackBuilder, pack_path
+from casbak.store.packs import BUFFER_SLACK, KIND_DATA, KIND_TREE, PackBuffer, PackBuilder, pack_path
 
 if TYPE_CHECKING:
     from casbak.store.repository import Repository
@@ -66,7 +66,7 @@ class ObjectWriter:
         self,
         repository: "Repository",
         seal_workers: Optional[int] = None,
-        upload_workers: int = 2,
+        upload_workers: Optional[int] = None,
         index_every: int = 4,
     ) -> None:
         pin_mmap_threshold()
@@ -76,7 +76,10 @@ class ObjectWriter:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
-        self._builders = {KIND_DATA: PackBuilder(KIND_DATA), KIND_TREE: PackBuilder(KIND_TREE)}
+        # Pack buffers go back to this list after their upload and are used again, so
+        # their memory pages stay mapped instead of being faulted in anew for each pack.
+        self._free_buffers: list[PackBuffer] = []
+        self._builders = {KIND_DATA: self._new_builder(KIND_DATA), KIND_TREE: self._new_builder(KIND_TREE)}
         self._pending: set[bytes] = set()
         self._batch: list[tuple[str, bytes, bytes]] = []
         self._batch_bytes = 0
@@ -86,10 +89,13 @@ class ObjectWriter:
         self._seal_slots = threading.BoundedSemaphore(2 * seal_workers)
         self._seal_pool = ThreadPoolExecutor(max_workers=seal_workers, thread_name_prefix="casbak-seal")
         # Each upload slot is one finished pack held in memory until its upload ends. A
-        # local write is quick, so a queued pack there would only add a pack of memory.
-        # A remote store gets one spare slot to cover the latency of starting an upload.
-        spare = 0 if isinstance(repository.backend, LocalBackend) else 1
-        self._upload_slots = threading.BoundedSemaphore(upload_workers + spare)
+        # local write of a 16 MiB pack took 15 to 85 ms on a loaded 2-core VM, so one
+        # thread keeps up with sealing, and more slots would only hold more packs in
+        # memory. A remote store gets two uploads and a spare slot to cover latency.
+        local = isinstance(repository.backend, LocalBackend)
+        upload_workers = upload_workers or (1 if local else 2)
+        self._upload_slots = threading.BoundedSemaphore(upload_workers + (0 if local else 1))
+        self._max_free_buffers = upload_workers
         self._upload_pool = ThreadPoolExecutor(max_workers=upload_workers, thread_name_prefix="casbak-upload")
 
     def has(self, digest: bytes) -> bool:
@@ -165,7 +171,8 @@ class ObjectWriter:
             while self._in_flight:
                 self._idle.wait()
             builders = [b for b in self._builders.values() if b.entries]
-            self._builders = {KIND_DATA: PackBuilder(KIND_DATA), KIND_TREE: PackBuilder(KIND_TREE)}
+            for builder in builders:
+                self._builders[builder.kind] = self._new_builder(builder.kind)
         self._raise_pending_error()
         for builder in builders:
             self._submit_upload(builder)
@@ -221,8 +228,22 @@ class ObjectWriter:
                 self.stats.per_kind_new[kind] += 1
                 if len(builder) >= pack_size:
                     full.append(builder)
-                    self._builders[kind] = PackBuilder(kind)
+                    self._builders[kind] = self._new_builder(kind)
         return full
+
+    def _new_builder(self, kind: str) -> PackBuilder:
+        """Return an empty builder on a pooled buffer; call with the lock held (or from __init__)."""
+        if self._free_buffers:
+            return PackBuilder(kind, self._free_buffers.pop())
+        return PackBuilder(kind, PackBuffer(self.repository.config.pack_size + BUFFER_SLACK))
+
+    def _reuse_buffer(self, builder: PackBuilder) -> None:
+        # Only as many idle buffers are kept as uploads can run at once: more would stay
+        # resident without ever being needed together.
+        builder.buffer.clear()
+        with self._lock:
+            if len(self._free_buffers) < self._max_free_buffers:
+                self._free_buffers.append(builder.buffer)
 
     def _submit_upload(self, builder: PackBuilder) -> None:
         self._upload_slots.acquire()
@@ -238,16 +259,19 @@ class ObjectWriter:
     def _upload(self, builder: PackBuilder) -> None:
         try:
             pack_id, data = builder.finish(self.repository.sealer)
-            self.repository.backend.write(pack_path(builder.kind, pack_id), data)
-            info = PackInfo(pack_id, builder.kind, len(data), tuple(builder.entries))
-            log.debug("uploaded %s pack %s (%d objects, %d bytes)", builder.kind, pack_id[:12], len(info.entries), len(data))
+            size = len(data)
+            with data:
+                self.repository.backend.write(pack_path(builder.kind, pack_id), data)
+            info = PackInfo(pack_id, builder.kind, size, tuple(builder.entries))
+            log.debug("uploaded %s pack %s (%d objects, %d bytes)", builder.kind, pack_id[:12], len(info.entries), size)
             self.repository.index.add_pack(info)
             with self._lock:
                 for entry in builder.entries:
                     self._pending.discard(entry.digest)
                 self._unindexed.append(info)
                 self.stats.packs_written += 1
-                self.stats.bytes_uploaded += len(data)
+                self.stats.bytes_uploaded += size
+            self._reuse_buffer(builder)
             self._write_index(force=False)
         except BaseException as exc:
             log.error("upload of a %s pack failed: %s", builder.kind, exc)

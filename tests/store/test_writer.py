@@ -8,6 +8,7 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import blake3
 import pytest
 
 from casbak.store.backend import LocalBackend
@@ -234,3 +235,20 @@ def test_failing_object_in_batch_fails_flush(repository):
             writer.flush()
 
     assert repository.backend.list("index") == []
+
+
+def test_reused_pack_buffers_keep_packs_intact(repository, repo_path):
+    # Pack buffers go back to a pool after upload. Every pack written from a reused
+    # buffer must still match its name and hold exactly its own objects.
+    chunks = random_chunks(300, 7000, seed=21)
+
+    with repository.writer() as writer:
+        digests = [writer.put(KIND_DATA, chunk)[0] for chunk in chunks]
+        writer.flush()
+
+    names = repository.backend.list("data")
+    assert writer.stats.packs_written == len(names) > 4
+    for name in names:
+        assert blake3.blake3(repository.backend.read(name)).hexdigest() == name.rsplit("/", 1)[1]
+    reopened = Repository.open(str(repo_path), PASSWORD)
+    assert list(reopened.iter_objects(digests)) == chunks
