@@ -19,11 +19,12 @@ import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Optional, Sequence
-
-import pathspec
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Optional, Sequence
 
 from casbak.errors import CasbakError, UsageError
+
+if TYPE_CHECKING:
+    import pathspec
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,20 @@ class PathFilter:
     max_file_size: Optional[int] = None
     one_file_system: bool = False
     roots: Sequence[bytes] = ()
-    _file_spec: pathspec.PathSpec = field(init=False, repr=False)
-    _dir_spec: pathspec.PathSpec = field(init=False, repr=False)
+    _file_spec: Optional[pathspec.PathSpec] = field(init=False, repr=False, default=None)
+    _dir_spec: Optional[pathspec.PathSpec] = field(init=False, repr=False, default=None)
     _root_devices: dict[bytes, int] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.patterns:
+            self._compile_patterns()
+        self.set_roots(self.roots)
+
+    def _compile_patterns(self) -> None:
+        # Imported here because pathspec imports asyncio, about 30 ms of start-up for
+        # every snapshot, most of which have no exclude patterns.
+        import pathspec
+
         try:
             # GitIgnoreSpec decides files as git does, but ranks a directory pattern such as
             # `!*/` below a file pattern such as `*` even for the directory itself, so
@@ -88,7 +98,6 @@ class PathFilter:
             self._dir_spec = pathspec.PathSpec.from_lines("gitignore", list(self.patterns))
         except (ValueError, TypeError) as exc:
             raise UsageError(f"exclude patterns: invalid ({exc}); patterns use .gitignore syntax") from exc
-        self.set_roots(self.roots)
 
     def set_roots(self, roots: Sequence[bytes]) -> None:
         """Remember the source roots; relative paths and file-system checks depend on them."""

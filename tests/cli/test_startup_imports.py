@@ -37,11 +37,16 @@ OTHER_COMMAND_MODULES = (
     "urllib.request",  # snapshot --notify-url
     "tomllib",  # --profile
 )
+EXCLUDE_MODULES = ("pathspec", "asyncio")  # exclude patterns only; pathspec imports asyncio
 NOT_FOR_SNAPSHOT = (
-    RECORD_DIFF_MODULES + REMOTE_MODULES + TERMINAL_MODULES + TYPER_CONVERSION_MODULES + OTHER_COMMAND_MODULES
+    RECORD_DIFF_MODULES
+    + REMOTE_MODULES
+    + TERMINAL_MODULES
+    + TYPER_CONVERSION_MODULES
+    + OTHER_COMMAND_MODULES
+    + EXCLUDE_MODULES
 )
-# pathspec (exclude patterns) imports asyncio, so only the listing goes without asyncio.
-NOT_FOR_LISTING = NOT_FOR_SNAPSHOT + ("pathspec", "asyncio", "casbak.audit.pii", "casbak.operations.snapshot")
+NOT_FOR_LISTING = NOT_FOR_SNAPSHOT + ("casbak.audit.pii", "casbak.operations.snapshot")
 NOT_FOR_HELP = NOT_FOR_LISTING + ("casbak.store.repository", "casbak.catalog", "cryptography", "zstandard")
 
 # Runs the command in this interpreter, then writes the exit code and the loaded
