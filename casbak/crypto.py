@@ -205,21 +205,14 @@ class Cipher:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, associated)
 
-    def encrypt_after(self, prefix: bytes, plaintext: bytes, associated: bytes) -> bytearray:
-        """Return `prefix` followed by what encrypt() returns, built in one buffer.
+    def encrypt_parts(self, plaintext: bytes, associated: bytes) -> tuple[bytes, bytes]:
+        """Return what encrypt() returns as two parts: the nonce, then ciphertext and tag.
 
-        Sealing every chunk used to copy its ciphertext twice (after the nonce, then after
-        the object header). Writing nonce, ciphertext and tag into a buffer of the final
-        size saves both copies.
+        A caller that writes both parts into a pack saves the copy that joining them
+        would make, which mattered because AES-GCM here runs with the GIL held.
         """
-        start = len(prefix) + NONCE_SIZE
-        out = bytearray(start + len(plaintext) + TAG_SIZE)
-        out[: len(prefix)] = prefix
         nonce = os.urandom(NONCE_SIZE)
-        out[len(prefix) : start] = nonce
-        with memoryview(out) as view:
-            self._aead.encrypt_into(nonce, plaintext, associated, view[start:])
-        return out
+        return nonce, self._aead.encrypt(nonce, plaintext, associated)
 
     def decrypt(self, blob: bytes, associated: bytes) -> bytes:
         if len(blob) < NONCE_SIZE + TAG_SIZE:

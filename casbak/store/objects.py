@@ -76,6 +76,15 @@ class Sealer:
         return compressor
 
     def seal(self, plaintext: bytes, compress: bool = True, role: bytes = ROLE_OBJECT) -> bytes:
+        head, body = self.seal_parts(plaintext, compress, role)
+        return head + body
+
+    def seal_parts(self, plaintext: bytes, compress: bool = True, role: bytes = ROLE_OBJECT) -> tuple[bytes, bytes]:
+        """Return a sealed object as (header and nonce, payload or ciphertext and tag).
+
+        The two parts joined are what seal() returns. Packs are built from the parts
+        directly, so each object is copied once instead of three times on its way in.
+        """
         codec, payload = CODEC_RAW, plaintext
         if compress and len(plaintext) > 64:
             packed = self._compressor().compress(plaintext)
@@ -83,8 +92,9 @@ class Sealer:
                 codec, payload = CODEC_ZSTD, packed
         header = bytes((OBJECT_VERSION, codec, self.cipher_id))
         if self.cipher is None:
-            return header + payload
-        return header + self.cipher.encrypt(payload, header + role)
+            return header, payload
+        nonce, ciphertext = self.cipher.encrypt_parts(payload, header + role)
+        return header + nonce, ciphertext
 
     def open(
         self, sealed: bytes, expected_size: Optional[int] = None, what: str = "object", role: bytes = ROLE_OBJECT

@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 import struct
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import blake3
 import msgpack
@@ -105,8 +105,13 @@ class PackBuilder:
             self.buffer = PackBuffer(mmap.PAGESIZE)
 
     def add(self, digest: bytes, sealed: bytes, raw_length: int) -> None:
-        self.entries.append(PackEntry(digest, len(self.buffer), len(sealed), raw_length))
-        self.buffer.append(sealed)
+        self.add_parts(digest, (sealed,), raw_length)
+
+    def add_parts(self, digest: bytes, parts: Sequence[bytes], raw_length: int) -> None:
+        """Add one sealed object given as consecutive parts (see Sealer.seal_parts)."""
+        self.entries.append(PackEntry(digest, len(self.buffer), sum(map(len, parts)), raw_length))
+        for part in parts:
+            self.buffer.append(part)
 
     def __len__(self) -> int:
         return len(self.buffer)

@@ -204,7 +204,7 @@ class ObjectWriter:
             sealer = self.repository.sealer
             sealed = []
             for kind, digest, plaintext in batch:
-                sealed.append((kind, digest, sealer.seal(plaintext), len(plaintext)))
+                sealed.append((kind, digest, sealer.seal_parts(plaintext), len(plaintext)))
             for full in self._add_to_packs(sealed):
                 self._submit_upload(full)
         except BaseException as exc:
@@ -214,17 +214,17 @@ class ObjectWriter:
             self._seal_slots.release()
             self._finish_task()
 
-    def _add_to_packs(self, sealed: list[tuple[str, bytes, bytes, int]]) -> list[PackBuilder]:
+    def _add_to_packs(self, sealed: list[tuple[str, bytes, tuple[bytes, bytes], int]]) -> list[PackBuilder]:
         """Append sealed objects to the open packs; return the packs that became full."""
         full: list[PackBuilder] = []
         pack_size = self.repository.config.pack_size
         with self._lock:
-            for kind, digest, blob, raw_length in sealed:
+            for kind, digest, parts, raw_length in sealed:
                 builder = self._builders[kind]
-                builder.add(digest, blob, raw_length)
+                builder.add_parts(digest, parts, raw_length)
                 self.stats.objects_new += 1
                 self.stats.bytes_new_raw += raw_length
-                self.stats.bytes_new_stored += len(blob)
+                self.stats.bytes_new_stored += len(parts[0]) + len(parts[1])
                 self.stats.per_kind_new[kind] += 1
                 if len(builder) >= pack_size:
                     full.append(builder)

@@ -73,3 +73,12 @@ def test_builder_on_reused_buffer_makes_valid_pack():
     assert entries == second.entries
     opened = [SEALER.open(pack[e.offset : e.offset + e.length], e.raw_length) for e in entries]
     assert opened == chunks
+
+
+@pytest.mark.parametrize("sealer", [SEALER, Sealer(None)], ids=["encrypted", "plain"])
+@pytest.mark.parametrize("payload", [b"", b"short", b"compressible row\n" * 300, os.urandom(4000)])
+def test_sealed_parts_join_to_object(sealer, payload):
+    head, body = sealer.seal_parts(payload)
+
+    assert sealer.open(head + body, expected_size=len(payload)) == payload
+    assert len(head) == (15 if sealer.cipher else 3)
