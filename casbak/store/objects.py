@@ -24,7 +24,7 @@ Compression is skipped when it does not make the payload smaller.
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from typing import Optional, Union
 
 import zstandard
 
@@ -109,15 +109,18 @@ class Sealer:
             raise CorruptObject(
                 f"{what}: cipher {cipher_id} does not match the repository's cipher {self.cipher_id}"
             )
-        header = bytes(sealed[:HEADER_SIZE])
-        body = bytes(sealed[HEADER_SIZE:])
+        # A memoryview lets decryption and decompression read the body in place, so only
+        # an unencrypted raw object is copied (into the returned bytes).
+        view = memoryview(sealed)
+        header = bytes(view[:HEADER_SIZE])
+        body: Union[bytes, memoryview] = view[HEADER_SIZE:]
         if self.cipher is not None:
             try:
                 body = self.cipher.decrypt(body, header + role)
             except CorruptObject as exc:
                 raise CorruptObject(f"{what}: {exc}") from exc
         if codec == CODEC_RAW:
-            plaintext = body
+            plaintext = bytes(body)
         elif codec == CODEC_ZSTD:
             plaintext = _decompress(body, expected_size, what)
         else:
@@ -127,7 +130,16 @@ class Sealer:
         return plaintext
 
 
-def _decompress(body: bytes, expected_size: Optional[int], what: str) -> bytes:
+def _decompressor() -> zstandard.ZstdDecompressor:
+    # One per thread, because a decompressor is not thread-safe. Creating one per object
+    # took about 2% of the CPU samples of a 423 MB restore (perf on a 2-core VM).
+    decompressor = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
+def _decompress(body: Union[bytes, memoryview], expected_size: Optional[int], what: str) -> bytes:
     limit = expected_size if expected_size is not None else MAX_PLAINTEXT
     try:
         # decompress() (python-zstandard 0.25) allocates the content size that the frame
@@ -136,6 +148,6 @@ def _decompress(body: bytes, expected_size: Optional[int], what: str) -> bytes:
         declared = zstandard.frame_content_size(body)
         if declared > limit:
             raise CorruptObject(f"{what}: zstd frame declares {declared} bytes, more than the {limit} expected")
-        return zstandard.ZstdDecompressor().decompress(body, max_output_size=limit)
+        return _decompressor().decompress(body, max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise CorruptObject(f"{what}: zstd frame is invalid ({exc})") from exc

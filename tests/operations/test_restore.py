@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from casbak.catalog import load_manifest
 from casbak.errors import CorruptObject, PathNotFound, RestoreError
 from casbak.manifest import Manifest
+import casbak.operations.restore as restore_module
 from casbak.operations.restore import restore_snapshot
 from casbak.operations.snapshot import create_snapshot
 from casbak.store.packs import KIND_DATA, KIND_TREE
@@ -456,3 +457,139 @@ def remove_deep_chain(root: Path) -> None:
             if not child.is_dir() or child.is_symlink():
                 child.unlink()
         directory.rmdir()
+
+
+# Writer threads and batches
+
+
+@pytest.fixture
+def tiny_batches(monkeypatch):
+    """Batches of at most three files, 20,000 bytes or two directories, and one queued
+    batch per thread, so that small trees cross every batch boundary and fill the queue."""
+    monkeypatch.setattr(restore_module, "BATCH_FILES", 3)
+    monkeypatch.setattr(restore_module, "BATCH_BYTES", 20_000)
+    monkeypatch.setattr(restore_module, "BATCH_DIRECTORIES", 2)
+    monkeypatch.setattr(restore_module, "QUEUED_BATCHES_PER_THREAD", 1)
+
+
+def batch_source(root: Path) -> Path:
+    """A tree whose files fill several batches: small files, one file above BATCH_BYTES,
+    and a read-only directory, each with its own mode and mtime."""
+    source = root / "source"
+    rng = random.Random(11)
+    spec = {
+        "flat": {f"f{number:02d}.jsonl": rng.randbytes(rng.randint(0, 3000)) for number in range(10)},
+        "large.safetensors": rng.randbytes(50_000),
+        "sealed": {"a.txt": b"a", "b.txt": b"b", "inner": {"c.txt": b"c"}},
+    }
+    make_tree(source, spec)
+    for number in range(10):
+        path = source / "flat" / f"f{number:02d}.jsonl"
+        os.chmod(path, FILE_MODES[number % len(FILE_MODES)])
+        os.utime(path, ns=(number * 10**9 + 7, number * 10**9 + 7))
+    os.utime(source / "large.safetensors", ns=(123, 123))
+    for directory, mode, mtime in [("sealed/inner", 0o700, 5 * 10**9), ("sealed", 0o500, 6 * 10**9), ("flat", 0o755, 7 * 10**9)]:
+        os.chmod(source / directory, mode)
+        os.utime(source / directory, ns=(mtime, mtime))
+    return source
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batches_restore_modes_and_mtimes(repository, tmp_path, tiny_batches, threads):
+    source = batch_source(tmp_path)
+    expected = describe(os.fsencode(source))
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    target = tmp_path / "target"
+
+    stats = restore_snapshot(repository, manifest, str(target), str(source), writer_threads=threads)
+
+    assert describe(os.fsencode(target)) == expected
+    assert stats.files == 14
+    assert stats.directories == 3
+
+
+def test_links_inside_batches_not_written_through(repository, tmp_path, tiny_batches):
+    source = tmp_path / "source"
+    make_tree(source, {"d": {f"f{number}.jsonl": f"row {number}\n".encode() for number in range(8)}})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    symlink_victim = tmp_path / "symlink-victim"
+    symlink_victim.write_bytes(b"precious one")
+    hard_link_victim = tmp_path / "hard-link-victim"
+    hard_link_victim.write_bytes(b"precious two")
+    target = tmp_path / "target"
+    (target / "d").mkdir(parents=True)
+    os.symlink(symlink_victim, target / "d" / "f3.jsonl")
+    os.symlink(tmp_path / "missing", target / "d" / "f4.jsonl")
+    os.link(hard_link_victim, target / "d" / "f5.jsonl")
+    (target / "d" / "f6.jsonl").write_bytes(b"an older version, longer than the new one")
+
+    restore_snapshot(repository, manifest, str(target), str(source))
+
+    assert symlink_victim.read_bytes() == b"precious one"
+    assert hard_link_victim.read_bytes() == b"precious two"
+    assert os.stat(hard_link_victim).st_nlink == 1
+    assert not (tmp_path / "missing").exists()
+    assert read_tree(target) == read_tree(source)
+
+
+def corrupt_data_packs(repo_path: Path) -> int:
+    """Flip one byte near the start of every data pack; return how many packs changed."""
+    packs = [path for path in (repo_path / "data").rglob("*") if path.is_file()]
+    for path in packs:
+        content = bytearray(path.read_bytes())
+        content[10] ^= 0x01
+        path.write_bytes(bytes(content))
+    return len(packs)
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_worker_error_surfaces_and_stops(repository, repo_path, tmp_path, tiny_batches, threads):
+    # The walker has more batches to queue than the queue holds, so it is usually blocked
+    # on a full queue when a writer thread fails. The error must still reach it.
+    source = tmp_path / "source"
+    rng = random.Random(5)
+    make_tree(source, {f"d{group}": {f"f{number}": rng.randbytes(2000) for number in range(9)} for group in range(4)})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    assert corrupt_data_packs(repo_path) > 0
+    reopened = Repository.open(str(repo_path), PASSWORD)
+    descriptors = open_descriptors() if os.path.isdir("/proc/self/fd") else None
+
+    with pytest.raises(CorruptObject):
+        restore_snapshot(reopened, manifest, str(tmp_path / "target"), str(source), writer_threads=threads)
+
+    if descriptors is not None:
+        assert open_descriptors() == descriptors
+
+
+@pytest.mark.timeout(120)
+def test_worker_os_error_becomes_restore_error(repository, tmp_path, tiny_batches):
+    source = tmp_path / "source"
+    make_tree(source, {"d": {f"f{number}": b"x" for number in range(7)}})
+    manifest = create_snapshot(repository, [str(source)]).manifest
+    target = tmp_path / "target"
+    (target / "d" / "f5").mkdir(parents=True)
+
+    with pytest.raises(RestoreError, match="f5"):
+        restore_snapshot(repository, manifest, str(target), str(source))
+
+
+def test_multi_chunk_content_mismatch_detected(repository, tmp_path):
+    chunks = [b"first chunk of the file", b"second chunk of the file"]
+    digests = [repository.hasher.digest(chunk) for chunk in chunks]
+    wrong = Entry(
+        name=b"f", type=FILE, mode=0o644, size=sum(map(len, chunks)), chunks=digests,
+        content=repository.hasher.digest(chunks[1] + chunks[0]),
+    )
+    with repository.writer() as writer:
+        for chunk in chunks:
+            writer.put(KIND_DATA, chunk)
+        tree_digest, _new = writer.put(KIND_TREE, Tree([wrong]).encode())
+        writer.flush()
+
+    with pytest.raises(CorruptObject, match="content hash"):
+        restore_snapshot(repository, store_manifest(repository, tree_digest), str(tmp_path / "target"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
@@ -188,6 +189,32 @@ def test_seal_open_round_trip(payload, role, level):
 
     assert sealer.open(sealed, expected_size=len(payload), role=role) == payload
     assert payload not in sealed or len(payload) < 8
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+@pytest.mark.parametrize("payload", [b"", b"short raw payload", b"compressible row\n" * 400, os.urandom(5000)])
+def test_open_memoryview_slice(encrypted, payload):
+    # Restores open objects as slices of one pack read, without copying each slice first.
+    sealer = Sealer(Cipher(os.urandom(32)) if encrypted else None)
+    sealed = sealer.seal(payload)
+    view = memoryview(b"before" + sealed + b"after")[6 : 6 + len(sealed)]
+
+    plaintext = sealer.open(view, expected_size=len(payload))
+
+    assert type(plaintext) is bytes
+    assert plaintext == payload
+
+
+def test_open_from_many_threads():
+    # Each thread decompresses with its own reused zstd context.
+    sealer = Sealer(Cipher(os.urandom(32)))
+    payloads = [f"row {number}\n".encode() * (100 + number) for number in range(64)]
+    sealed = [sealer.seal(payload) for payload in payloads]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        opened = list(pool.map(lambda blob: sealer.open(blob), sealed * 4))
+
+    assert opened == payloads * 4
 
 
 @pytest.mark.parametrize("opened_as", ROLES)
