@@ -281,6 +281,8 @@ def _print_gc(report: GcReport) -> None:
         f"{format_size(stats.bytes_written)} written) in {report.duration_seconds:.1f} s; "
         f"{stats.live_objects} objects in use"
     )
+    if stats.temporary_files_deleted:
+        typer.echo(f"removed {stats.temporary_files_deleted} temporary files that interrupted runs left behind")
     for retained in stats.retained:
         typer.echo(f"not deleted: {retained['name']}: {retained['detail']}")
 

@@ -15,6 +15,9 @@ Steps, all under an exclusive lock (docs/gc.md argues why each crash point is sa
    files, so no live pack is ever unindexed.
 6. Delete the packs that no index names any more.
 
+Before step 4, staged files that crashed writers left behind (names starting with
+`.tmp-`, untouched for an hour) are removed from local repositories.
+
 `repack=False` reads index files and tree packs only, never a data pack.
 """
 
@@ -31,6 +34,7 @@ from casbak.errors import IntegrityError, ObjectNotFound, UsageError
 from casbak.manifest import Manifest
 from casbak.operations.forget import ForgetResult, delete_or_retain, forget_by_policy
 from casbak.operations.retention import RetentionPolicy
+from casbak.store.backend import LocalBackend
 from casbak.store.index import Index, PackInfo, decode_index, encode_index
 from casbak.store.locks import EXCLUSIVE, LockSettings, RepositoryLock
 from casbak.store.packs import KINDS, pack_path
@@ -42,6 +46,9 @@ log = logging.getLogger(__name__)
 INDEX_PREFIX = "index"
 # Objects per new index file; keeps each file a few MiB so loading stays parallel.
 OBJECTS_PER_INDEX_FILE = 50_000
+
+# Staged files (packs being written) untouched for this long belong to dead processes.
+STALE_TEMPORARY_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class PruneStats:
     packs_repacked: int = 0
     packs_written: int = 0
     unindexed_packs_deleted: int = 0
+    temporary_files_deleted: int = 0
     index_files_written: int = 0
     index_files_deleted: int = 0
     bytes_deleted: int = 0
@@ -150,6 +158,7 @@ def prune(
         stats.dry_run = True
         return stats
     assert lock is not None
+    _remove_stale_temporaries(repository, stats)
     if not (plan.delete or plan.repack or plan.unindexed or plan.missing):
         log.info("prune: nothing to delete or repack; %d objects in use", len(plan.live))
         return stats
@@ -164,6 +173,16 @@ def prune(
         stats.packs_deleted + stats.unindexed_packs_deleted, stats.packs_repacked, stats.packs_written, stats.bytes_freed,
     )
     return stats
+
+
+def _remove_stale_temporaries(repository: Repository, stats: PruneStats) -> None:
+    # Staged files of a killed snapshot are invisible to listings, so only this finds
+    # them. An hour without a write is far beyond any pause of a live writer.
+    backend = repository.backend
+    if isinstance(backend, LocalBackend):
+        removed, freed = backend.remove_stale_temporaries(STALE_TEMPORARY_SECONDS)
+        stats.temporary_files_deleted = removed
+        stats.bytes_freed += freed
 
 
 def plan_prune(repository: Repository, options: PruneOptions, assume_forgotten: frozenset[str] = frozenset()) -> PrunePlan:

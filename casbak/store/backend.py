@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import secrets
-from typing import Any, Callable, Optional, Protocol, TypeVar
+import time
+from typing import Any, Callable, Optional, Protocol, TypeVar, Union
 
 from casbak.errors import ObjectNotFound, StorageError, UsageError
 from casbak.store.objectlock import ObjectLock
@@ -21,6 +23,9 @@ from casbak.store.retry import RetryPolicy, call_with_retry, policy_from_environ
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Files being written have names with this prefix until they are complete.
+TEMPORARY_PREFIX = ".tmp-"
 
 
 class Backend(Protocol):
@@ -52,28 +57,25 @@ class LocalBackend:
         return os.path.join(self.root, *name.split("/"))
 
     def write(self, name: str, data: bytes) -> None:
-        path = self._path(name)
-        directory = os.path.dirname(path)
-        _make_directories(directory)
-        temporary = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        staged = self.stage(posixpath.dirname(name))
         try:
-            written = 0
-            view = memoryview(data)
-            while written < len(view):
-                written += os.write(fd, view[written:])
-            os.fsync(fd)
+            staged.write(data)
         except BaseException:
-            os.close(fd)
-            _remove_quietly(temporary)
+            staged.discard()
             raise
-        os.close(fd)
+        self.publish(staged, name)
+
+    def stage(self, directory_name: str) -> "StagedFile":
+        """Start a new file under a temporary name in `directory_name`; see publish()."""
+        return StagedFile(self._path(directory_name))
+
+    def publish(self, staged: "StagedFile", name: str) -> None:
+        """Make a staged file durable and give it its final `name`; discard it on failure."""
         try:
-            os.replace(temporary, path)
+            staged.publish(self._path(name))
         except BaseException:
-            _remove_quietly(temporary)
+            staged.discard()
             raise
-        _fsync_directory(directory)
 
     def read(self, name: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
         try:
@@ -91,12 +93,38 @@ class LocalBackend:
         names: list[str] = []
         for directory, _subdirs, files in os.walk(top):
             for filename in files:
-                if filename.startswith(".tmp-"):
+                if filename.startswith(TEMPORARY_PREFIX):
                     continue
                 full = os.path.join(directory, filename)
                 names.append(os.path.relpath(full, self.root).replace(os.sep, "/"))
         names.sort()
         return names
+
+    def remove_stale_temporaries(self, older_than: float) -> tuple[int, int]:
+        """Delete staged files untouched for `older_than` seconds; return (files, bytes).
+
+        A staged file is written to without pause until it is published, so one this old
+        belongs to a process that crashed or was killed. gc calls this under the
+        exclusive lock.
+        """
+        cutoff = time.time() - older_than
+        removed = freed = 0
+        for directory, _subdirs, files in os.walk(self.root):
+            for filename in files:
+                if not filename.startswith(TEMPORARY_PREFIX):
+                    continue
+                path = os.path.join(directory, filename)
+                try:
+                    st = os.stat(path)
+                    if st.st_mtime >= cutoff:
+                        continue
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                log.info("removed stale temporary file %s (%d bytes)", path, st.st_size)
+                removed += 1
+                freed += st.st_size
+        return removed, freed
 
     def size(self, name: str) -> int:
         try:
@@ -112,6 +140,52 @@ class LocalBackend:
             os.unlink(self._path(name))
         except FileNotFoundError:
             pass
+
+
+class StagedFile:
+    """A new file written under a temporary name, then published with fsync and rename.
+
+    LocalBackend.write stages every file this way, and the object writer streams each
+    pack into one so that no pack has to be held in memory. Listings skip the temporary
+    names, so readers never see a staged file before it is complete.
+    """
+
+    def __init__(self, directory: str) -> None:
+        _make_directories(directory)
+        self.path = os.path.join(directory, f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self._fd: Optional[int] = os.open(self.path, flags, 0o600)
+        self.size = 0
+
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        with memoryview(data) as view:
+            written = 0
+            while written < len(view):
+                written += os.write(self._require_open(), view[written:])
+        self.size += written
+
+    def publish(self, path: str) -> None:
+        """Sync the content, rename the file to `path` and sync the new directory entry."""
+        fd = self._require_open()
+        os.fsync(fd)
+        self._fd = None
+        os.close(fd)
+        directory = os.path.dirname(path)
+        _make_directories(directory)
+        os.replace(self.path, path)
+        _fsync_directory(directory)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file; safe to call more than once."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        _remove_quietly(self.path)
+
+    def _require_open(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"staged file {self.path} is already published or discarded")
+        return self._fd
 
 
 class FsspecBackend:

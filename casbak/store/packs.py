@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 import struct
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import blake3
 import msgpack
@@ -77,6 +77,10 @@ class PackBuffer:
         """Return the written bytes; release the view before the buffer is reused."""
         return memoryview(self._map)[: self.used]
 
+    def digest(self) -> str:
+        with self.view() as data:
+            return blake3.blake3(data).hexdigest()
+
     def clear(self) -> None:
         self.used = 0
 
@@ -88,51 +92,109 @@ class PackBuffer:
         self._map = bigger
 
 
+class StagedWrite(Protocol):
+    """A file being written in the store (casbak.store.backend.StagedFile)."""
+
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class StagedPack:
+    """Pack bytes streamed into a staged file of the store and hashed as they arrive.
+
+    Local repositories build packs this way: no pack is held in memory, and each object
+    is copied once, into the page cache. The file is opened on the first append, so a
+    pack that never gets an object leaves nothing behind.
+    """
+
+    def __init__(self, open_file: Callable[[], StagedWrite]) -> None:
+        self._open_file = open_file
+        self.file: Optional[StagedWrite] = None
+        self._hasher = blake3.blake3()
+        self.used = 0
+
+    def __len__(self) -> int:
+        return self.used
+
+    def append(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        if self.file is None:
+            self.file = self._open_file()
+        self.file.write(data)
+        self._hasher.update(data)
+        self.used += len(data)
+
+    def digest(self) -> str:
+        return self._hasher.hexdigest()
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.discard()
+
+
+class PackSink(Protocol):
+    """The destination of a PackBuilder's bytes: a PackBuffer or a StagedPack."""
+
+    def __len__(self) -> int: ...
+
+    def append(self, data: Union[bytes, bytearray, memoryview]) -> None: ...
+
+    def digest(self) -> str: ...
+
+
 @dataclass
 class PackBuilder:
     """Accumulates sealed objects of one kind until the pack is large enough to upload.
 
-    The bytes go into `buffer`, which a writer may take from a pool and hand back after
-    the upload (see ObjectWriter). Without one, the builder makes its own.
+    The bytes go into `sink`: a PackBuffer in memory, which a writer may take from a
+    pool and hand back after the upload, or a StagedPack file (see ObjectWriter).
+    Without one, the builder makes its own PackBuffer.
     """
 
     kind: str
-    buffer: Optional[PackBuffer] = None
+    sink: Optional[PackSink] = None
     entries: list[PackEntry] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.buffer is None:
-            self.buffer = PackBuffer(mmap.PAGESIZE)
+        if self.sink is None:
+            self.sink = PackBuffer(mmap.PAGESIZE)
 
     def add(self, digest: bytes, sealed: bytes, raw_length: int) -> None:
         self.add_parts(digest, (sealed,), raw_length)
 
     def add_parts(self, digest: bytes, parts: Sequence[bytes], raw_length: int) -> None:
         """Add one sealed object given as consecutive parts (see Sealer.seal_parts)."""
-        self.entries.append(PackEntry(digest, len(self.buffer), sum(map(len, parts)), raw_length))
+        offset = len(self.sink)
         for part in parts:
-            self.buffer.append(part)
+            self.sink.append(part)
+        self.entries.append(PackEntry(digest, offset, len(self.sink) - offset, raw_length))
 
     def __len__(self) -> int:
-        return len(self.buffer)
+        return len(self.sink)
 
-    def finish(self, sealer: Sealer) -> tuple[str, memoryview]:
-        """Append the header and trailer; return (pack id, pack bytes).
-
-        The returned view points into the builder's buffer, not at a copy: a copy would
-        double the memory of every pack waiting for upload. It is valid until the buffer
-        is cleared for the next pack.
-        """
+    def complete(self, sealer: Sealer) -> str:
+        """Append the sealed header and the trailer; return the pack id."""
         header = {
             "version": PACK_VERSION,
             "type": self.kind,
             "objects": [[e.digest, e.offset, e.length, e.raw_length] for e in self.entries],
         }
         sealed_header = sealer.seal(msgpack.packb(header), role=ROLE_PACK_HEADER)
-        self.buffer.append(sealed_header)
-        self.buffer.append(TRAILER.pack(len(sealed_header)))
-        data = self.buffer.view()
-        return blake3.blake3(data).hexdigest(), data
+        self.sink.append(sealed_header)
+        self.sink.append(TRAILER.pack(len(sealed_header)))
+        return self.sink.digest()
+
+    def finish(self, sealer: Sealer) -> tuple[str, memoryview]:
+        """Complete a pack built in memory; return (pack id, pack bytes).
+
+        The returned view points into the builder's PackBuffer, not at a copy: a copy
+        would double the memory of every pack waiting for upload. It is valid until the
+        buffer is cleared for the next pack.
+        """
+        if not isinstance(self.sink, PackBuffer):
+            raise TypeError("finish() needs a pack built in memory; use complete() for a staged pack")
+        pack_id = self.complete(sealer)
+        return pack_id, self.sink.view()
 
 
 def pack_path(kind: str, pack_id: str) -> str:

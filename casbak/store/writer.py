@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 from casbak.store.allocator import pin_mmap_threshold
 from casbak.store.backend import LocalBackend
 from casbak.store.index import PackInfo, encode_index
-from casbak.store.packs import BUFFER_SLACK, KIND_DATA, KIND_TREE, PackBuffer, PackBuilder, pack_path
+from casbak.store.packs import BUFFER_SLACK, KIND_DATA, KIND_TREE, PackBuffer, PackBuilder, StagedPack, pack_path
 
 if TYPE_CHECKING:
     from casbak.store.repository import Repository
@@ -76,8 +76,11 @@ class ObjectWriter:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
-        # Pack buffers go back to this list after their upload and are used again, so
-        # their memory pages stay mapped instead of being faulted in anew for each pack.
+        # A local repository gets each pack streamed into a staged file, so no pack is
+        # held in memory. For other stores, pack buffers go back to this list after
+        # their upload and are used again, so their pages stay mapped instead of being
+        # faulted in anew for each pack.
+        self._local = isinstance(repository.backend, LocalBackend)
         self._free_buffers: list[PackBuffer] = []
         self._builders = {KIND_DATA: self._new_builder(KIND_DATA), KIND_TREE: self._new_builder(KIND_TREE)}
         self._pending: set[bytes] = set()
@@ -88,13 +91,12 @@ class ObjectWriter:
         seal_workers = seal_workers or max(2, os.cpu_count() or 2)
         self._seal_slots = threading.BoundedSemaphore(2 * seal_workers)
         self._seal_pool = ThreadPoolExecutor(max_workers=seal_workers, thread_name_prefix="casbak-seal")
-        # Each upload slot is one finished pack held in memory until its upload ends. A
-        # local write of a 16 MiB pack took 15 to 85 ms on a loaded 2-core VM, so one
-        # thread keeps up with sealing, and more slots would only hold more packs in
-        # memory. A remote store gets two uploads and a spare slot to cover latency.
-        local = isinstance(repository.backend, LocalBackend)
-        upload_workers = upload_workers or (1 if local else 2)
-        self._upload_slots = threading.BoundedSemaphore(upload_workers + (0 if local else 1))
+        # Each upload slot is one finished pack waiting for its upload: in memory for a
+        # remote store, which gets two uploads and a spare slot to cover latency. A local
+        # pack is already on disk and only waits for fsync and rename, which one thread
+        # keeps up with.
+        upload_workers = upload_workers or (1 if self._local else 2)
+        self._upload_slots = threading.BoundedSemaphore(upload_workers + 1)
         self._max_free_buffers = upload_workers
         self._upload_pool = ThreadPoolExecutor(max_workers=upload_workers, thread_name_prefix="casbak-upload")
 
@@ -170,10 +172,12 @@ class ObjectWriter:
         with self._idle:
             while self._in_flight:
                 self._idle.wait()
+            # After a failure the open packs stay in place, unsent, so close() can
+            # discard their staged files.
+            self._raise_pending_error()
             builders = [b for b in self._builders.values() if b.entries]
             for builder in builders:
                 self._builders[builder.kind] = self._new_builder(builder.kind)
-        self._raise_pending_error()
         for builder in builders:
             self._submit_upload(builder)
         with self._idle:
@@ -190,6 +194,10 @@ class ObjectWriter:
     def close(self) -> None:
         self._seal_pool.shutdown(wait=True)
         self._upload_pool.shutdown(wait=True)
+        # Open packs that were never uploaded (after a failure) leave no staged files.
+        for builder in self._builders.values():
+            if isinstance(builder.sink, StagedPack):
+                builder.sink.discard()
 
     def __enter__(self) -> "ObjectWriter":
         return self
@@ -232,7 +240,10 @@ class ObjectWriter:
         return full
 
     def _new_builder(self, kind: str) -> PackBuilder:
-        """Return an empty builder on a pooled buffer; call with the lock held (or from __init__)."""
+        """Return an empty builder; call with the lock held (or from __init__)."""
+        if self._local:
+            backend = self.repository.backend
+            return PackBuilder(kind, StagedPack(lambda: backend.stage(kind)))
         if self._free_buffers:
             return PackBuilder(kind, self._free_buffers.pop())
         return PackBuilder(kind, PackBuffer(self.repository.config.pack_size + BUFFER_SLACK))
@@ -240,10 +251,12 @@ class ObjectWriter:
     def _reuse_buffer(self, builder: PackBuilder) -> None:
         # Only as many idle buffers are kept as uploads can run at once: more would stay
         # resident without ever being needed together.
-        builder.buffer.clear()
+        if not isinstance(builder.sink, PackBuffer):
+            return
+        builder.sink.clear()
         with self._lock:
             if len(self._free_buffers) < self._max_free_buffers:
-                self._free_buffers.append(builder.buffer)
+                self._free_buffers.append(builder.sink)
 
     def _submit_upload(self, builder: PackBuilder) -> None:
         self._upload_slots.acquire()
@@ -258,10 +271,9 @@ class ObjectWriter:
 
     def _upload(self, builder: PackBuilder) -> None:
         try:
-            pack_id, data = builder.finish(self.repository.sealer)
-            size = len(data)
-            with data:
-                self.repository.backend.write(pack_path(builder.kind, pack_id), data)
+            pack_id = builder.complete(self.repository.sealer)
+            size = len(builder)
+            self._store_pack(builder, pack_path(builder.kind, pack_id))
             info = PackInfo(pack_id, builder.kind, size, tuple(builder.entries))
             log.debug("uploaded %s pack %s (%d objects, %d bytes)", builder.kind, pack_id[:12], len(info.entries), size)
             self.repository.index.add_pack(info)
@@ -275,10 +287,20 @@ class ObjectWriter:
             self._write_index(force=False)
         except BaseException as exc:
             log.error("upload of a %s pack failed: %s", builder.kind, exc)
+            if isinstance(builder.sink, StagedPack):
+                builder.sink.discard()
             self._error = exc
         finally:
             self._upload_slots.release()
             self._finish_task()
+
+    def _store_pack(self, builder: PackBuilder, name: str) -> None:
+        sink = builder.sink
+        if isinstance(sink, StagedPack):
+            self.repository.backend.publish(sink.file, name)
+            return
+        with sink.view() as data:
+            self.repository.backend.write(name, data)
 
     def _finish_task(self) -> None:
         with self._idle:

@@ -168,6 +168,25 @@ def test_unindexed_pack_is_deleted(repository, tmp_path):
     assert_restores(reopen(repository), {last: read_tree(source)}, source, tmp_path)
 
 
+def test_stale_staged_files_are_removed(repository, tmp_path, repo_path):
+    # A snapshot killed while it wrote a pack leaves a staged file that no listing shows.
+    source = tmp_path / "src"
+    last = snapshot_of(repository, source, {"a.bin": os.urandom(10_000)})
+    stale = repo_path / "data" / ".tmp-0123456789abcdef"
+    fresh = repo_path / "tree" / ".tmp-fedcba9876543210"
+    stale.write_bytes(b"half a pack" * 100)
+    fresh.write_bytes(b"a pack being written right now")
+    two_hours_ago = stale.stat().st_mtime - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+
+    report = run_gc(repository)
+
+    assert report.prune.temporary_files_deleted == 1
+    assert not stale.exists()
+    assert fresh.exists()
+    assert_restores(reopen(repository), {last: read_tree(source)}, source, tmp_path)
+
+
 def test_damaged_index_stops_before_deleting(repository, tmp_path):
     source = tmp_path / "src"
     snapshot_of(repository, source, {"a.bin": os.urandom(10_000)})

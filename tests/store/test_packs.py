@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 
+import blake3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casbak.crypto import Cipher
 from casbak.store.objects import Sealer
-from casbak.store.packs import KIND_DATA, PackBuffer, PackBuilder, parse_pack_header
+from casbak.store.backend import LocalBackend
+from casbak.store.packs import KIND_DATA, PackBuffer, PackBuilder, StagedPack, pack_path, parse_pack_header
 
 SEALER = Sealer(Cipher(os.urandom(32)))
 
@@ -82,3 +84,35 @@ def test_sealed_parts_join_to_object(sealer, payload):
 
     assert sealer.open(head + body, expected_size=len(payload)) == payload
     assert len(head) == (15 if sealer.cipher else 3)
+
+
+def test_staged_pack_hidden_until_published(tmp_path):
+    backend = LocalBackend(str(tmp_path))
+    builder = PackBuilder(KIND_DATA, StagedPack(lambda: backend.stage(KIND_DATA)))
+    chunks = [os.urandom(3000), b"text row\n" * 400]
+    for number, chunk in enumerate(chunks):
+        head, body = SEALER.seal_parts(chunk)
+        builder.add_parts(bytes([number]) * 32, (head, body), len(chunk))
+
+    pack_id = builder.complete(SEALER)
+    staged = [p.name for p in (tmp_path / KIND_DATA).iterdir()]
+    listed_before = backend.list(KIND_DATA)
+    backend.publish(builder.sink.file, pack_path(KIND_DATA, pack_id))
+
+    pack = backend.read(pack_path(KIND_DATA, pack_id))
+    assert len(staged) == 1
+    assert staged[0].startswith(".tmp-")
+    assert listed_before == []
+    assert backend.list(KIND_DATA) == [pack_path(KIND_DATA, pack_id)]
+    assert blake3.blake3(pack).hexdigest() == pack_id
+    _kind, entries = parse_pack_header(pack_id, pack, len(pack), SEALER)
+    assert [SEALER.open(pack[e.offset : e.offset + e.length], e.raw_length) for e in entries] == chunks
+
+
+def test_staged_pack_without_objects_creates_no_file(tmp_path):
+    backend = LocalBackend(str(tmp_path))
+    sink = StagedPack(lambda: backend.stage(KIND_DATA))
+
+    sink.discard()
+
+    assert not (tmp_path / KIND_DATA).exists()

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import blake3
 import pytest
 
-from casbak.store.backend import LocalBackend
+from casbak.store.backend import LocalBackend, StagedFile
 from casbak.store.index import decode_index
 from casbak.store.packs import KIND_DATA, KIND_TREE, pack_path
 from casbak.store.repository import Repository
@@ -126,12 +126,13 @@ def test_empty_flush_writes_nothing(repository):
 
 
 class FullDiskBackend(LocalBackend):
-    """A local backend whose pack writes fail as on a full disk."""
+    """A local backend whose pack files fail to publish, as on a full disk."""
 
-    def write(self, name: str, data: bytes) -> None:
+    def publish(self, staged: StagedFile, name: str) -> None:
         if name.startswith("data/"):
+            staged.discard()
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
-        super().write(name, data)
+        super().publish(staged, name)
 
 
 def test_upload_failure_raised_by_flush(repo_path):
@@ -156,14 +157,15 @@ class FailingAfterBackend(LocalBackend):
         self.allowed = allowed
         self.lock = threading.Lock()
 
-    def write(self, name: str, data: bytes) -> None:
+    def publish(self, staged: StagedFile, name: str) -> None:
         if name.startswith("data/"):
             with self.lock:
                 self.allowed -= 1
                 exhausted = self.allowed < 0
             if exhausted:
+                staged.discard()
                 raise OSError(errno.EIO, os.strerror(errno.EIO), name)
-        super().write(name, data)
+        super().publish(staged, name)
 
 
 def indexed_pack_names(repository: Repository) -> set[str]:
@@ -237,18 +239,64 @@ def test_failing_object_in_batch_fails_flush(repository):
     assert repository.backend.list("index") == []
 
 
-def test_reused_pack_buffers_keep_packs_intact(repository, repo_path):
-    # Pack buffers go back to a pool after upload. Every pack written from a reused
-    # buffer must still match its name and hold exactly its own objects.
+@pytest.mark.parametrize("kind", ["local staged files", "remote pooled buffers"])
+def test_many_packs_match_their_names(kind, repository, memory_repository):
+    # A local repository streams packs into staged files. Other stores build them in
+    # pooled buffers that are used again after each upload. Either way every pack must
+    # match its name and hold exactly its own objects.
+    target = repository if kind == "local staged files" else memory_repository
     chunks = random_chunks(300, 7000, seed=21)
 
-    with repository.writer() as writer:
+    with target.writer() as writer:
         digests = [writer.put(KIND_DATA, chunk)[0] for chunk in chunks]
         writer.flush()
 
-    names = repository.backend.list("data")
-    assert writer.stats.packs_written == len(names) > 4
+    names = target.backend.list("data")
+    assert writer.stats.packs_written == len(names)
+    assert len(names) > 4
     for name in names:
-        assert blake3.blake3(repository.backend.read(name)).hexdigest() == name.rsplit("/", 1)[1]
-    reopened = Repository.open(str(repo_path), PASSWORD)
-    assert list(reopened.iter_objects(digests)) == chunks
+        assert blake3.blake3(target.backend.read(name)).hexdigest() == name.rsplit("/", 1)[1]
+    target._index = None
+    assert list(target.iter_objects(digests)) == chunks
+
+
+class ShortDiskBackend(LocalBackend):
+    """A local backend whose staged pack files fail once they exceed `limit` bytes."""
+
+    def __init__(self, root: str, limit: int) -> None:
+        super().__init__(root)
+        self.limit = limit
+
+    def stage(self, directory_name: str) -> StagedFile:
+        staged = super().stage(directory_name)
+        if directory_name != "data":
+            return staged
+        limit = self.limit
+        write = staged.write
+
+        def write_until_full(data) -> None:
+            if staged.size + len(data) > limit:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), staged.path)
+            write(data)
+
+        staged.write = write_until_full
+        return staged
+
+
+def test_disk_full_while_packing_leaves_no_files(repo_path):
+    # Local packs are written while they are built, so a full disk can strike in the
+    # middle of a pack. The flush must fail, and no staged file may remain.
+    Repository.init(str(repo_path), PASSWORD, config=small_config(), kdf=FAST_KDF)
+    repository = Repository.open(ShortDiskBackend(str(repo_path), limit=20_000), PASSWORD)
+
+    with repository.writer() as writer:
+        for chunk in random_chunks(10, 7000, seed=8):
+            writer.put(KIND_DATA, chunk)
+        with pytest.raises(OSError) as caught:
+            writer.flush()
+
+    assert caught.value.errno == errno.ENOSPC
+    leftovers = [p for p in (repo_path / "data").rglob("*") if p.is_file()]
+    assert leftovers == []
+    assert repository.backend.list("index") == []
+
