@@ -1,6 +1,6 @@
 """casbak: a content-addressed, deduplicating snapshot store for ML alignment data."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

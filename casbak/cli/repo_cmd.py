@@ -37,6 +37,10 @@ def init(
         False, "--no-file-sha256",
         help="Do not record a SHA-256 of every file (saves CPU; `casbak audit export` then cannot list them).",
     ),
+    no_byte_planes: bool = typer.Option(
+        False, "--no-byte-planes",
+        help="Do not compress model weights as byte planes (codec 2), so that casbak 0.1 can still read the repository.",
+    ),
 ) -> None:
     """Create a new repository (encrypted unless --insecure-no-encryption)."""
     from casbak.chunking import ChunkerParams
@@ -67,6 +71,7 @@ def init(
         object_lock_days=object_lock_days,
         object_lock_mode=object_lock_mode,
         file_sha256=not no_file_sha256,
+        byte_planes=not no_byte_planes,
     )
     backend = open_backend(location, state.options)
     if object_lock_days:

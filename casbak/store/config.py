@@ -45,6 +45,10 @@ class RepositoryConfig:
     # Record a SHA-256 of every file next to its BLAKE3 content hash. On for new
     # repositories; a config without the key (written before the setting existed) is off.
     file_sha256: bool = True
+    # Seal arrays of numbers with the byte-plane codec (codec 2). On for new repositories.
+    # A config without the key is off, so that casbak versions that predate the codec
+    # can still read every object written to it.
+    byte_planes: bool = True
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -61,6 +65,7 @@ class RepositoryConfig:
                 **({"object_lock": {"days": self.object_lock_days, "mode": self.object_lock_mode}}
                    if self.object_lock_days else {}),
                 **({"file_sha256": True} if self.file_sha256 else {}),
+                **({"byte_planes": True} if self.byte_planes else {}),
             }
         )
 
@@ -93,6 +98,7 @@ class RepositoryConfig:
                 object_lock_days=int(body.get("object_lock", {}).get("days", 0)),
                 object_lock_mode=str(body.get("object_lock", {}).get("mode", "governance")),
                 file_sha256=body.get("file_sha256", False) is True,
+                byte_planes=body.get("byte_planes", False) is True,
             )
         # OverflowError comes from int() of an infinite float, AttributeError from a
         # field that should be a map but is not.

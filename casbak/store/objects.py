@@ -4,7 +4,7 @@ Layout of a sealed object (all of: chunks, trees, pack headers, index files, man
 the repository config):
 
     byte 0   format version (1)
-    byte 1   codec: 0 = stored raw, 1 = zstd frame
+    byte 1   codec: 0 = stored raw, 1 = zstd frame, 2 = zstd byte planes (casbak.store.planes)
     byte 2   cipher: 0 = none, 1 = AES-256-GCM
     rest     cipher 0: the (compressed) payload
              cipher 1: 12-byte nonce, ciphertext, 16-byte tag
@@ -30,12 +30,14 @@ import zstandard
 
 from casbak.crypto import Cipher
 from casbak.errors import CorruptObject, UnsupportedFormat
+from casbak.store import planes
 
 OBJECT_VERSION = 1
 HEADER_SIZE = 3
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+CODEC_ZSTD_PLANES = 2
 
 CIPHER_NONE = 0
 CIPHER_AES256GCM = 1
@@ -61,10 +63,14 @@ class Sealer:
     Thread-safe: zstd contexts are kept per thread, and AESGCM is stateless.
     """
 
-    def __init__(self, cipher: Optional[Cipher], level: int = 3) -> None:
+    def __init__(self, cipher: Optional[Cipher], level: int = 3, byte_planes: bool = False) -> None:
         self.cipher = cipher
         self.level = level
         self.cipher_id = CIPHER_AES256GCM if cipher else CIPHER_NONE
+        # Seal objects that look like arrays of numbers with the byte-plane codec (see
+        # casbak.store.planes). Off unless the repository config allows it, because
+        # casbak versions before that codec cannot open such objects.
+        self.byte_planes = byte_planes
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         compressors = getattr(_local, "compressors", None)
@@ -74,6 +80,12 @@ class Sealer:
         if compressor is None:
             compressor = compressors[self.level] = zstandard.ZstdCompressor(level=self.level)
         return compressor
+
+    def _compress(self, plaintext: bytes) -> tuple[int, bytes]:
+        width = planes.choose_width(plaintext) if self.byte_planes else 0
+        if width:
+            return CODEC_ZSTD_PLANES, planes.encode(plaintext, width, self.level)
+        return CODEC_ZSTD, self._compressor().compress(plaintext)
 
     def seal(self, plaintext: bytes, compress: bool = True, role: bytes = ROLE_OBJECT) -> bytes:
         head, body = self.seal_parts(plaintext, compress, role)
@@ -87,9 +99,11 @@ class Sealer:
         """
         codec, payload = CODEC_RAW, plaintext
         if compress and len(plaintext) > 64:
-            packed = self._compressor().compress(plaintext)
+            codec, packed = self._compress(plaintext)
             if len(packed) < len(plaintext):
-                codec, payload = CODEC_ZSTD, packed
+                payload = packed
+            else:
+                codec = CODEC_RAW
         header = bytes((OBJECT_VERSION, codec, self.cipher_id))
         if self.cipher is None:
             return header, payload
@@ -123,6 +137,8 @@ class Sealer:
             plaintext = bytes(body)
         elif codec == CODEC_ZSTD:
             plaintext = _decompress(body, expected_size, what)
+        elif codec == CODEC_ZSTD_PLANES:
+            plaintext = planes.decode(body, expected_size if expected_size is not None else MAX_PLAINTEXT, what)
         else:
             raise CorruptObject(f"{what}: unknown codec {codec}")
         if expected_size is not None and len(plaintext) != expected_size:

@@ -88,7 +88,7 @@ class Repository:
         config = config or RepositoryConfig()
         config.chunker.validate()
         if config.encryption == ENCRYPTION_NONE:
-            repository = cls(backend, config, Sealer(None, config.compression_level), Hasher(None))
+            repository = cls(backend, config, _object_sealer(config, None), Hasher(None))
         elif config.encryption == ENCRYPTION_AES:
             if not password:
                 raise PasswordMissing(
@@ -124,7 +124,7 @@ class Repository:
         if not key_ids:
             check_keyless_store(backend, sealed_config)
             config = open_config(sealed_config, Sealer(None))
-            return cls(backend, config, Sealer(None, config.compression_level), Hasher(None))
+            return cls(backend, config, _object_sealer(config, None), Hasher(None))
         if sealed_config[2:3] == b"\x00":
             # An attacker who replaced the config with a plaintext one must not make us
             # write unencrypted data into an encrypted repository.
@@ -140,7 +140,7 @@ class Repository:
 
     @classmethod
     def _with_keys(cls, backend: Backend, config: RepositoryConfig, keys: MasterKeys, key_id: str) -> "Repository":
-        sealer = Sealer(Cipher(keys.encryption_key), config.compression_level)
+        sealer = _object_sealer(config, Cipher(keys.encryption_key))
         return cls(backend, config, sealer, Hasher(keys.hash_key), keys, key_id)
 
     # Index
@@ -328,3 +328,8 @@ class PackFiles:
                 _oldest, evicted = descriptors.popitem(last=False)
                 os.close(evicted)
         return fd
+
+
+def _object_sealer(config: RepositoryConfig, cipher: Optional[Cipher]) -> Sealer:
+    """Return the sealer for the objects of a repository with `config`."""
+    return Sealer(cipher, config.compression_level, byte_planes=config.byte_planes)

@@ -89,6 +89,7 @@ def constant_values() -> dict[str, object]:
         "object header version": objects.OBJECT_VERSION,
         "codec raw": objects.CODEC_RAW,
         "codec zstd": objects.CODEC_ZSTD,
+        "codec zstd byte planes": objects.CODEC_ZSTD_PLANES,
         "cipher none": objects.CIPHER_NONE,
         "cipher AES-256-GCM": objects.CIPHER_AES256GCM,
         "pack header version": packs.PACK_VERSION,
@@ -137,7 +138,7 @@ def test_codec_and_cipher_ids_match_code():
     codecs = {int(row[0]): row[1] for row in table(text, "Codec id", "Codec")}
     ciphers = {int(row[0]): row[1] for row in table(text, "Cipher id", "Cipher")}
 
-    assert codecs == {objects.CODEC_RAW: "raw", objects.CODEC_ZSTD: "zstd"}
+    assert codecs == {objects.CODEC_RAW: "raw", objects.CODEC_ZSTD: "zstd", objects.CODEC_ZSTD_PLANES: "zstd byte planes"}
     assert ciphers == {objects.CIPHER_NONE: "none", objects.CIPHER_AES256GCM: "AES-256-GCM"}
 
 
@@ -246,6 +247,7 @@ def test_config_fields_match_code():
     assert set(body) <= set(required) | set(optional)
     assert body["file_sha256"] is True
     assert "file_sha256" not in msgpack.unpackb(small_config(file_sha256=False).encode())
+    assert body["byte_planes"] is True
     assert body["hash"] == config.HASH_KEYED
     assert msgpack.unpackb(small_config(encrypted=False).encode())["hash"] == config.HASH_PLAIN
 
@@ -515,4 +517,32 @@ def hand_open(sealed: bytes) -> bytes:
     assert (version, cipher) == (1, 0)
     if codec == 0:
         return sealed[3:]
+    if codec == 2:
+        return hand_join_planes(sealed[3:])
     return zstandard.ZstdDecompressor().decompress(sealed[3:], max_output_size=1 << 30)
+
+
+def hand_join_planes(payload: bytes) -> bytes:
+    # Codec 2 as the page describes it: width, plane lengths, then one frame per plane.
+    width = payload[0]
+    lengths = struct.unpack_from(f"<{width}I", payload, 1)
+    offset = 1 + 4 * width
+    planes = []
+    for length in lengths:
+        planes.append(zstandard.ZstdDecompressor().decompress(payload[offset : offset + length]))
+        offset += length
+    size = sum(map(len, planes))
+    out = bytearray(size)
+    for k, plane in enumerate(planes):
+        assert len(plane) == -(-(size - k) // width)
+        out[k::width] = plane
+    return bytes(out)
+
+
+def test_byte_plane_payload_follows_page():
+    values = [((n * 7919) % 2001 - 1000) / 50_000 for n in range(60_000)]
+    weights = struct.pack(f"<{len(values)}e", *values)
+    sealed = objects.Sealer(None, 3, byte_planes=True).seal(weights)
+
+    assert sealed[1] == objects.CODEC_ZSTD_PLANES
+    assert hand_open(sealed) == weights
