@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from typing import Iterator, Optional
 
 import msgpack
@@ -33,15 +34,12 @@ def load_manifest(repository: Repository, snapshot_id: str) -> Manifest:
 
 
 def resolve_snapshot(repository: Repository, selector: str) -> Manifest:
-    """Return the snapshot named by a full id, a unique id prefix, `latest`, or a UTC date."""
+    """Return the snapshot named by a full id, a unique id prefix, `latest`, `latest~N`, or a UTC date."""
     selector = selector.strip()
     if not selector:
         raise UsageError("snapshot selector is empty: give an id, an id prefix or `latest`")
-    if selector == "latest":
-        manifests = load_manifests(repository)
-        if not manifests:
-            raise SnapshotNotFound("snapshot latest: the repository has no snapshots")
-        return manifests[-1]
+    if selector == "latest" or selector.startswith("latest~"):
+        return _resolve_latest(repository, selector)
     if selector.startswith("@"):
         return _resolve_date(repository, selector)
     matches = [i for i in repository.list_snapshot_ids() if i.startswith(selector.lower())]
@@ -54,6 +52,25 @@ def resolve_snapshot(repository: Repository, selector: str) -> Manifest:
         shown = ", ".join(m[:12] for m in matches[:5])
         raise AmbiguousSnapshot(f"snapshot {selector}: prefix matches {len(matches)} snapshots ({shown}); give more digits")
     return load_manifest(repository, matches[0])
+
+
+def _resolve_latest(repository: Repository, selector: str) -> Manifest:
+    """Resolve `latest` (the newest snapshot) or `latest~N` (N snapshots before it)."""
+    steps = 0
+    if selector != "latest":
+        text = selector[len("latest~") :]
+        if not re.fullmatch(r"[0-9]{1,9}", text):
+            raise UsageError(
+                f"snapshot {selector}: invalid; write latest~N with a whole number N, "
+                "such as latest~1 for the snapshot before the newest"
+            )
+        steps = int(text)
+    manifests = load_manifests(repository)
+    if not manifests:
+        raise SnapshotNotFound(f"snapshot {selector}: the repository has no snapshots")
+    if steps >= len(manifests):
+        raise SnapshotNotFound(f"snapshot {selector}: the repository has only {len(manifests)} snapshot(s)")
+    return manifests[-1 - steps]
 
 
 def _forget_reason(repository: Repository, prefix: str) -> Optional[str]:

@@ -22,7 +22,7 @@ VALUE_WIDTH = 60  # characters of a value shown in text output before it is cut
 
 def diff_command(
     ctx: typer.Context,
-    old: str = typer.Argument(..., help="Older snapshot: id, id prefix, `latest`, @YYYY-MM-DD or @YYYY-MM-DDTHH:MM (UTC)."),
+    old: str = typer.Argument(..., help="Older snapshot: id, id prefix, `latest`, `latest~N`, @YYYY-MM-DD or @YYYY-MM-DDTHH:MM (UTC)."),
     new: str = typer.Argument(..., help="Newer snapshot, in the same forms."),
     path: Optional[str] = typer.Argument(None, help="Compare only this path; a file path turns on --records."),
     records: bool = typer.Option(False, "--records", help="Also compare modified files inside: records, config keys or chunk ranges."),

@@ -75,7 +75,7 @@ class ContentReader(io.RawIOBase):
 
 def dump(
     ctx: typer.Context,
-    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, `latest`, or a UTC date such as @2026-12-01 or @2026-12-01T12:00."),
+    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, `latest`, `latest~N`, or a UTC date such as @2026-12-01 or @2026-12-01T12:00."),
     path: str = typer.Argument("/", help="Path inside the snapshot, as `casbak ls` shows it (default: the whole snapshot, with --tar)."),
     as_tar: bool = typer.Option(False, "--tar", help="Write a tar stream (POSIX pax format) of the path, which may be a directory."),
     output: Optional[str] = typer.Option(None, "--output", help="Write to this file instead of standard output."),

@@ -22,6 +22,11 @@ def format_size(size: int) -> str:
     return f"{size} B"
 
 
+def count_of(count: int, noun: str) -> str:
+    """Return "1 snapshot" or "3 snapshots": the count with the noun in the right number."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def format_mode(entry: Entry) -> str:
     kind = {DIRECTORY: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}.get(entry.type, stat.S_IFREG)
     return stat.filemode(kind | entry.mode)

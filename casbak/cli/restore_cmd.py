@@ -12,7 +12,7 @@ from casbak.tree import DIRECTORY, SYMLINK
 
 def restore(
     ctx: typer.Context,
-    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, `latest`, or a UTC date such as @2026-12-01 or @2026-12-01T12:00."),
+    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, `latest`, `latest~N`, or a UTC date such as @2026-12-01 or @2026-12-01T12:00."),
     target: str = typer.Option(..., "--target", "-t", help="Directory to restore into (created if missing)."),
     path: str = typer.Option("", "--path", help="Restore only this path of the snapshot (as `casbak ls` shows it)."),
 ) -> None:
@@ -35,7 +35,7 @@ def restore(
 
 def ls(
     ctx: typer.Context,
-    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, `latest`, or a UTC date such as @2026-12-01 or @2026-12-01T12:00."),
+    snapshot: str = typer.Argument(..., help="Snapshot id, unique id prefix, `latest`, `latest~N`, or a UTC date such as @2026-12-01 or @2026-12-01T12:00."),
     path: str = typer.Argument("", help="Path inside the snapshot to list (default: everything)."),
     long: bool = typer.Option(False, "--long", "-l", help="Show mode, size and modification time."),
 ) -> None:

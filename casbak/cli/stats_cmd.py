@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from casbak.cli.output import format_size
+from casbak.cli.output import count_of, format_size
 
 if TYPE_CHECKING:
     from casbak.manifest import Manifest
@@ -127,7 +127,7 @@ def stats(ctx: typer.Context) -> None:
     growth = f"{format_size(int(result.growth_bytes_per_day))}/day" if result.growth_bytes_per_day is not None else "n/a (needs two snapshots on different days)"
     lines = [
         f"repository:         {repository.backend.url}",
-        f"snapshots:          {result.snapshots} from {len(result.hosts)} hosts"
+        f"snapshots:          {result.snapshots} from {count_of(len(result.hosts), 'host')}"
         + (f", {result.first_snapshot[:19]} to {result.last_snapshot[:19]} UTC" if result.snapshots else ""),
         f"repository size:    {format_size(result.repository_bytes)} "
         f"(data packs {format_size(result.data_pack_bytes)}, tree packs {format_size(result.tree_pack_bytes)}, "

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from casbak.cli.output import format_size
+from casbak.cli.output import count_of, format_size
 from casbak.errors import EXIT_INTEGRITY, UsageError
 
 if TYPE_CHECKING:
@@ -82,11 +82,14 @@ def _print_text(result: VerifyResult, quiet: bool) -> None:
         return
     stats = result.stats
     summary = (
-        f"{stats.snapshots} snapshots, {stats.index_files} index files, {stats.packs_indexed} packs, "
-        f"{stats.trees_checked} trees checked"
+        f"{count_of(stats.snapshots, 'snapshot')}, {count_of(stats.index_files, 'index file')}, "
+        f"{count_of(stats.packs_indexed, 'pack')}, {count_of(stats.trees_checked, 'tree')} checked"
     )
     if stats.packs_read:
-        summary += f", {stats.packs_read} packs read ({format_size(stats.bytes_read)}, {stats.objects_read} objects)"
+        summary += (
+            f", {count_of(stats.packs_read, 'pack')} read ({format_size(stats.bytes_read)}, "
+            f"{count_of(stats.objects_read, 'object')})"
+        )
     typer.echo(summary)
     if result.first_broken_link is not None:
         typer.echo(f"first broken link: {result.first_broken_link.message}", err=True)

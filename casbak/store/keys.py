@@ -123,7 +123,7 @@ def unlock(backend: Backend, password: bytes) -> tuple[str, MasterKeys]:
         )
     skipped = f" ({len(damaged)} damaged key files were skipped: {'; '.join(damaged)})" if damaged else ""
     raise WrongPassword(
-        f"wrong password: none of the {len(key_ids) - len(damaged)} key files of this repository opens with it"
+        f"wrong password: {_no_key_opens(len(key_ids) - len(damaged))}"
         f"{skipped}; check CASBAK_PASSWORD, --password-file or --password-command "
         "(a key file altered in storage fails the same way)"
     )
@@ -195,3 +195,9 @@ def change_password(backend: Backend, keys: MasterKeys, current_key_id: str, pas
     new_key_id = add_key(backend, keys, password, kdf)
     remove_key(backend, current_key_id, new_key_id)
     return new_key_id
+
+
+def _no_key_opens(usable: int) -> str:
+    if usable == 1:
+        return "the key file of this repository does not open with it"
+    return f"none of the {usable} key files of this repository opens with it"

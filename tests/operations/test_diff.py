@@ -309,6 +309,24 @@ def test_date_selectors(repository, tmp_path):
         resolve_snapshot(repository, "@2025-13-01")
 
 
+def test_latest_steps_back(repository, tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    tree = snapshot(repository, source).tree
+    first = _manifest_at(repository, tree, "2025-12-01T10:00:00")
+    second = _manifest_at(repository, tree, "2025-12-02T10:00:00")
+    newest = resolve_snapshot(repository, "latest")
+
+    assert resolve_snapshot(repository, "latest~0").id == newest.id
+    assert resolve_snapshot(repository, "latest~1").id == second.id
+    assert resolve_snapshot(repository, "latest~2").id == first.id
+    with pytest.raises(SnapshotNotFound, match="only 3"):
+        resolve_snapshot(repository, "latest~3")
+    for bad in ("latest~", "latest~-1", "latest~one", "latest~\u00b2"):
+        with pytest.raises(UsageError):
+            resolve_snapshot(repository, bad)
+
+
 # Command line
 
 
