@@ -69,6 +69,9 @@ def measure(command: list[str], env: dict[str, str], cwd: Optional[Path] = None)
         handle, report = tempfile.mkstemp(prefix="bench-time-")
         os.close(handle)
         command = [GNU_TIME, "-v", "-o", report] + command
+    # Write back what earlier steps left dirty (generated data, the previous tool's
+    # repository, deleted trees), so that no tool pays for another's disk writes.
+    os.sync()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -207,16 +207,16 @@ class ObjectWriter:
 
     def _seal_batch(self, batch: list[tuple[str, bytes, bytes]]) -> None:
         """Seal a batch and add it to the open packs; errors surface in flush() and put()."""
-        digest = b""
         try:
-            sealer = self.repository.sealer
-            sealed = []
-            for kind, digest, plaintext in batch:
-                sealed.append((kind, digest, sealer.seal_parts(plaintext), len(plaintext)))
+            parts = self.repository.sealer.seal_parts_many([plaintext for _kind, _digest, plaintext in batch])
+            sealed = [
+                (kind, digest, sealed_parts, len(plaintext))
+                for (kind, digest, plaintext), sealed_parts in zip(batch, parts)
+            ]
             for full in self._add_to_packs(sealed):
                 self._submit_upload(full)
         except BaseException as exc:
-            log.error("sealing object %s failed: %s", digest.hex()[:12], exc)
+            log.error("sealing a batch of %d objects (first %s) failed: %s", len(batch), batch[0][1].hex()[:12], exc)
             self._error = exc
         finally:
             self._seal_slots.release()
