@@ -40,6 +40,7 @@ from casbak.operations.local_files import (
     stat_or_none,
 )
 from casbak.operations.progress import Progress
+from casbak.operations.stream_hash import HashFeeder
 from casbak.operations.remote_sources import RemoteSource, archive_remote, check_remote_paths, split_sources
 from casbak.operations.sources import PathFilter, StreamSource, check_stream_paths
 from casbak.store.packs import KIND_DATA, KIND_TREE
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 # for a reader thread would cost more than the read (a Future, a lock and two thread
 # switches). Compression still runs in the writer's pool.
 INLINE_READ_LIMIT = 64 * 1024
+
+# Files get their whole-file hashes computed in a second thread once this much of them
+# has been read (see casbak.operations.stream_hash).
+BACKGROUND_HASH_AFTER = 8 * 1024 * 1024
 
 # How often a file that changes while it is read is read again before it is stored as is.
 READ_ATTEMPTS = 3
@@ -686,19 +691,32 @@ class _Archiver:
         sha256 = hashlib.sha256() if self.repository.config.file_sha256 else None
         self._local.sha256 = None
         scanner = self.pii_scan.scanner_for(_path_text(path)) if self.pii_scan is not None else None
+        whole_file = [content] if sha256 is None else [content, sha256]
+        feeder: Optional[HashFeeder] = None
         chunks: list[bytes] = []
         size = 0
-        for chunk in chunker.chunks(handle):
-            digest = hasher.digest(chunk)
-            content.update(chunk)
-            if sha256 is not None:
-                sha256.update(chunk)
-            if scanner is not None:
-                scanner.feed(chunk)
-            self.writer.put(KIND_DATA, chunk, digest)
-            chunks.append(digest)
-            size += len(chunk)
-            self.progress.bytes_done(len(chunk))
+        try:
+            for chunk in chunker.chunks(handle):
+                digest = hasher.digest(chunk)
+                if feeder is None and size >= BACKGROUND_HASH_AFTER:
+                    # From here on a second thread computes the whole-file hashes.
+                    feeder = HashFeeder(whole_file)
+                if feeder is None:
+                    for stream in whole_file:
+                        stream.update(chunk)
+                else:
+                    feeder.feed(chunk)
+                if scanner is not None:
+                    scanner.feed(chunk)
+                self.writer.put(KIND_DATA, chunk, digest)
+                chunks.append(digest)
+                size += len(chunk)
+                self.progress.bytes_done(len(chunk))
+            if feeder is not None:
+                feeder.finish()
+        finally:
+            if feeder is not None:
+                feeder.close()
         with self._lock:
             self.stats.bytes_read += size
         if scanner is not None:
