@@ -57,6 +57,23 @@ def has_gnu_time() -> bool:
     return "Maximum resident set size" in probe.stderr
 
 
+def warm_page_cache(root: Path) -> None:
+    """Read every file under `root` so that the next command finds it in the page cache.
+
+    borg drops the pages of the files it reads and writes (posix_fadvise DONTNEED), so
+    whichever tool ran after borg used to read its input from disk: 13.1 s against 5.7 s
+    for casbak on 100,000 small files. Every tool now starts with a warm cache.
+    """
+    for directory, _subdirs, files in os.walk(root):
+        for name in files:
+            try:
+                with open(os.path.join(directory, name), "rb", buffering=0) as handle:
+                    while handle.read(1 << 20):
+                        pass
+            except OSError:
+                continue  # a lock or socket file that vanished or cannot be read
+
+
 def measure(command: list[str], env: dict[str, str], cwd: Optional[Path] = None) -> Measurement:
     """Run `command` to completion and return its wall time, CPU time and peak RSS.
 
@@ -169,12 +186,14 @@ class Tool:
         return measure(self.init_command(), self.environment())
 
     def snapshot(self, source: Path) -> Measurement:
+        warm_page_cache(source)
         return measure(self.snapshot_command(source), self.environment())
 
     def restore(self, source: Path, target: Path) -> tuple[Measurement, Path]:
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
+        warm_page_cache(self.workdir)
         command, mirrored = self.restore_command(source, target)
         return measure(command, self.environment(), cwd=target), mirrored
 

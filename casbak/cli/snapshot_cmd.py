@@ -226,7 +226,7 @@ def _report_result(state, settings: SnapshotSettings, report: RunReport, result:
             f"snapshot {manifest.id[:12]} saved: {stats.files_new} new, {stats.files_changed} changed, "
             f"{stats.files_unmodified} unmodified files; {stats.directories} directories; {stats.excluded} excluded\n"
             f"read {format_size(stats.bytes_read)} of {format_size(stats.bytes_total)}, "
-            f"added {format_size(stats.data_added)} ({format_size(stats.data_added_stored)} stored) "
+            f"added {format_size(stats.data_added)} of new chunks and trees ({format_size(stats.data_added_stored)} stored) "
             f"in {stats.duration_seconds:.1f} s"
         )
     for error in result.errors:
