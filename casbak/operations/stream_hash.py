@@ -60,7 +60,7 @@ class HashFeeder:
             if chunk is None:
                 return
             if self._error is not None:
-                continue  # keep draining, so that feed() never blocks forever
+                continue  # drain the queue, so that a feed() waiting for room can return
             try:
                 for hasher in self._hashers:
                     hasher.update(chunk)

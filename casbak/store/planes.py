@@ -4,7 +4,7 @@ Model weights are arrays of 2- or 4-byte numbers (float16, bfloat16, float32). I
 an array the byte that contains the sign and exponent repeats a few values, while the low
 mantissa bytes look random. zstd on the interleaved bytes finds little to exploit:
 float16 values drawn from N(0, 0.02) shrink by 8%. Split into planes first (plane k
-holds bytes k, k + W, k + 2W, ... for element width W) and compressed plane by plane,
+contains bytes k, k + W, k + 2W, ... for element width W) and compressed plane by plane,
 the same data shrinks by 16%, because each plane gets its own entropy coding.
 
 Payload layout (codec 2, see docs/format.md):
@@ -13,19 +13,19 @@ Payload layout (codec 2, see docs/format.md):
     bytes 1 .. 4W       W little-endian u32: the length of each compressed plane
     rest                W zstd frames, plane 0 first
 
-The plaintext length n is the sum of the decompressed plane lengths, and plane k holds
+The plaintext length n is the sum of the decompressed plane lengths, and plane k contains
 ceil((n - k) / W) bytes. Readers check both.
 """
 
 from __future__ import annotations
 
 import struct
-import threading
 from typing import Union
 
 import zstandard
 
 from casbak.errors import CorruptObject
+from casbak.store import zstd_frames
 
 MIN_WIDTH = 2
 MAX_WIDTH = 8
@@ -49,7 +49,6 @@ TEXT_LIKE = 0.75
 TRIAL_LEVEL = 1
 
 _LENGTH = struct.Struct("<I")
-_local = threading.local()
 
 Bytes = Union[bytes, bytearray, memoryview]
 
@@ -64,7 +63,7 @@ def choose_width(plaintext: Bytes) -> int:
         return 0
     middle = len(plaintext) // 2
     sample = bytes(plaintext[middle : middle + SAMPLE_SIZE])
-    compressor = _compressor(TRIAL_LEVEL)
+    compressor = zstd_frames.compressor(TRIAL_LEVEL)
     plain = len(compressor.compress(sample))
     if plain < len(sample) * TEXT_LIKE:
         return 0
@@ -80,7 +79,7 @@ def encode(plaintext: Bytes, width: int, level: int) -> bytes:
     """Return the codec-2 payload of `plaintext` split into `width` planes."""
     if not MIN_WIDTH <= width <= MAX_WIDTH:
         raise ValueError(f"plane width {width} is outside {MIN_WIDTH} to {MAX_WIDTH}")
-    compressor = _compressor(level)
+    compressor = zstd_frames.compressor(level)
     frames = [compressor.compress(plaintext[k::width]) for k in range(width)]
     lengths = b"".join(_LENGTH.pack(len(frame)) for frame in frames)
     return bytes((width,)) + lengths + b"".join(frames)
@@ -103,7 +102,7 @@ def decode(payload: Bytes, limit: int, what: str) -> bytes:
     planes = []
     remaining = limit
     for length in lengths:
-        plane = _decompress_plane(view[offset : offset + length], remaining, what)
+        plane = zstd_frames.decompress_frame(view[offset : offset + length], remaining, what)
         planes.append(plane)
         remaining -= len(plane)
         offset += length
@@ -119,17 +118,6 @@ def _read_width(view: memoryview, what: str) -> int:
     return width
 
 
-def _decompress_plane(frame: memoryview, limit: int, what: str) -> bytes:
-    try:
-        # Checked first because decompress() allocates whatever size a frame declares.
-        declared = zstandard.frame_content_size(frame)
-        if declared > limit:
-            raise CorruptObject(f"{what}: byte plane declares {declared} bytes, more than the {limit} left")
-        return _decompressor().decompress(frame, max_output_size=limit)
-    except zstandard.ZstdError as exc:
-        raise CorruptObject(f"{what}: byte-plane zstd frame is invalid ({exc})") from exc
-
-
 def _interleave(planes: list[bytes], width: int, what: str) -> bytes:
     size = sum(map(len, planes))
     out = bytearray(size)
@@ -143,21 +131,3 @@ def _interleave(planes: list[bytes], width: int, what: str) -> bytes:
 
 def _planes_size(compressor: zstandard.ZstdCompressor, sample: bytes, width: int) -> int:
     return sum(len(compressor.compress(sample[k::width])) for k in range(width))
-
-
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    # One per thread and level, because a compressor is not thread-safe.
-    compressors = getattr(_local, "compressors", None)
-    if compressors is None:
-        compressors = _local.compressors = {}
-    compressor = compressors.get(level)
-    if compressor is None:
-        compressor = compressors[level] = zstandard.ZstdCompressor(level=level)
-    return compressor
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    decompressor = getattr(_local, "decompressor", None)
-    if decompressor is None:
-        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
-    return decompressor

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from casbak.crypto import Cipher
 from casbak.errors import CorruptObject
-from casbak.store import planes
+from casbak.store import planes, zstd_frames
 from casbak.store.config import RepositoryConfig
 from casbak.store.objects import CODEC_ZSTD, CODEC_ZSTD_PLANES, Sealer
 
@@ -106,7 +106,7 @@ def test_decode_rejects_lengths_that_do_not_add_up():
 
 def test_decode_rejects_planes_of_wrong_sizes():
     # Two planes of 10 and 4 bytes cannot come from one 14-byte plaintext.
-    frames = [planes._compressor(3).compress(b"x" * 10), planes._compressor(3).compress(b"y" * 4)]
+    frames = [zstd_frames.compressor(3).compress(b"x" * 10), zstd_frames.compressor(3).compress(b"y" * 4)]
     payload = bytes((2,)) + b"".join(struct.pack("<I", len(f)) for f in frames) + b"".join(frames)
 
     with pytest.raises(CorruptObject, match="plane 0"):
