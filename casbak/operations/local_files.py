@@ -65,9 +65,9 @@ def read_small(fd: int, size: int) -> bytes:
     """Read a regular file that fstat reported as `size` bytes long, in one call if it is.
 
     It requests one byte more than `size`, so a result of `size + 1` bytes shows the file
-    grew. A result of exactly `size` bytes is taken as the end of the file without a
-    second read that returns nothing: if the read was short instead, the file changed
-    after the fstat, and the caller's fstat after the read finds a new size or mtime.
+    grew. A result of exactly `size` bytes is taken as the end of the file, without a
+    second read that returns nothing. If the file changed after the fstat instead, the
+    caller's fstat after the read finds a new size or mtime.
     """
     requested = size + 1
     data = read_blocking(fd, requested)
@@ -88,7 +88,8 @@ def read_blocking(fd: int, count: int) -> bytes:
     try:
         return os.read(fd, count)
     except BlockingIOError:
-        # open(2) on Linux says O_NONBLOCK has no effect on regular files, but that this may change.
+        # The Linux open(2) manual page states that O_NONBLOCK has no effect on regular
+        # files, but that this may change in the future.
         os.set_blocking(fd, True)
         return os.read(fd, count)
 

@@ -214,13 +214,7 @@ def _remote_file(
 
     entry.size, entry.chunks, entry.content = read_size, chunks, content
     entry.sha256 = archiver._local.sha256
-    with archiver._lock:
-        if parent_entry is not None:
-            archiver.stats.files_changed += 1
-        else:
-            archiver.stats.files_new += 1
-        archiver.stats.bytes_total += read_size
-    archiver.progress.file_done(url_bytes, read_size, read=True)
+    archiver.count_read_file(url_bytes, read_size, existed=parent_entry is not None)
     return entry
 
 

@@ -620,14 +620,7 @@ class _Archiver:
                 scanner.feed(data)
                 self.pii_scan.record(scanner.finish())
         entry = _metadata_entry(name, FILE, st, size=len(data), chunks=digests, content=content, sha256=sha256)
-        with self._lock:
-            if existed:
-                self.stats.files_changed += 1
-            else:
-                self.stats.files_new += 1
-            self.stats.bytes_total += len(data)
-            self.stats.bytes_read += len(data)
-        self.progress.file_done(path, len(data), read=True)
+        self.count_read_file(path, len(data), existed, bytes_read=len(data))
         return entry
 
     def _read_file(self, path: bytes, name: bytes, existed: bool, first_attempt: int = 1) -> Optional[Entry]:
@@ -660,13 +653,7 @@ class _Archiver:
         entry = _metadata_entry(name, FILE, before)
         entry.size, entry.chunks, entry.content = size, chunks, content
         entry.sha256 = self._local.sha256
-        with self._lock:
-            if existed:
-                self.stats.files_changed += 1
-            else:
-                self.stats.files_new += 1
-            self.stats.bytes_total += size
-        self.progress.file_done(path, size, read=True)
+        self.count_read_file(path, size, existed)
         return entry
 
     def _read_stream(self, name: bytes, source: StreamSource) -> Entry:
@@ -678,11 +665,19 @@ class _Archiver:
         entry = Entry(name=name, type=FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(), mtime_ns=time.time_ns())
         entry.size, entry.chunks, entry.content = size, chunks, content
         entry.sha256 = self._local.sha256
-        with self._lock:
-            self.stats.files_new += 1
-            self.stats.bytes_total += size
-        self.progress.file_done(path, size, read=True)
+        self.count_read_file(path, size, existed=False)
         return entry
+
+    def count_read_file(self, path: bytes, size: int, existed: bool, bytes_read: int = 0) -> None:
+        """Count a file whose content was read: new, or changed when the parent had it."""
+        with self._lock:
+            if existed:
+                self.stats.files_changed += 1
+            else:
+                self.stats.files_new += 1
+            self.stats.bytes_total += size
+            self.stats.bytes_read += bytes_read
+        self.progress.file_done(path, size, read=True)
 
     def _chunk(self, handle, path: bytes) -> tuple[list[bytes], int, bytes]:
         chunker = self._chunker()

@@ -55,9 +55,10 @@ class ObjectWriter:
 
     put() deduplicates at once and collects new objects into batches of about
     `BATCH_BYTES`. Each batch goes to a pool of `seal_workers` threads for compression
-    and encryption (zstd and AES-GCM release the GIL), so the caller can go on chunking.
-    Finished packs go to `upload_workers` threads. Both queues are bounded, so memory
-    stays near (seal slots x batch size) + (upload slots x pack size).
+    (zstd releases the GIL) and encryption, so the caller can go on chunking. Finished
+    packs go to `upload_workers` threads. Both queues are bounded. A local repository
+    streams packs into staged files, so memory stays near (seal slots x batch size);
+    other stores add (upload slots x pack size).
     Every `index_every` packs are named by one index file, so a run killed midway
     leaves at most that many uploaded packs that the next run cannot reuse.
     """
